@@ -1,0 +1,37 @@
+// swift-tools-version: 6.1
+// ExecMem: one allocator for memory that holds code, for user space on Linux.
+// Targets follow the data: C shim -> system layer -> allocator -> clients -> tools -> CLI.
+import PackageDescription
+
+let package = Package(
+    name: "ExecMem",
+    products: [
+        .library(name: "ExecMem", targets: ["ExecMem"]),
+        .executable(name: "execmem", targets: ["execmem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // Declarations Swift's Glibc module cannot see (memfd_create, MADV_COLLAPSE, membarrier).
+        .target(name: "CExecMemShims"),
+        // One Swift wrapper per kernel call; errno becomes a typed error naming the call.
+        .target(
+            name: "ExecMemSystem",
+            dependencies: ["CExecMemShims", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Ranges, types, blocks, packing, write views, statistics.
+        .target(name: "ExecMem", dependencies: ["ExecMemSystem"]),
+        // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
+        .target(name: "ExecMemTools", dependencies: ["ExecMem", "ExecMemSystem"]),
+        .executableTarget(
+            name: "execmem",
+            dependencies: ["ExecMemTools", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
+        .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
+        .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,17 @@
+// Forwarders for CExecMemShims.h; see there for why they exist.
+#define _GNU_SOURCE
+#include "CExecMemShims.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int cem_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+int cem_fallocate(int fd, int mode, off_t offset, off_t length) { return fallocate(fd, mode, offset, length); }
+
+long cem_membarrier(int cmd, unsigned int flags) { return syscall(SYS_membarrier, cmd, flags, 0); }
+
+int cem_errno(void) { return errno; }

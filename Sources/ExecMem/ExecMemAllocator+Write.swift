@@ -1,0 +1,188 @@
+// Writing code and data (Linux's text_poke_copy / execmem_update_copy), sealing ro-after-init, and
+// making new code visible to other threads.
+//
+// Text and rodata are written through the write view the backend provides: a second rw- mapping of
+// the same pages (memfd), or the whole run flipped to rw- and back (anonymous). Every write is bounds-
+// checked against the allocation and done under its type's lock, so a write can never land in memory
+// the allocator has handed to someone else.
+
+import ExecMemSystem
+import Synchronization
+
+extension ExecMemAllocator {
+    // MARK: - Views
+
+    /// Runs `body` with the address of a writable view of `block`'s whole run. Under the arena lock.
+    @discardableResult
+    func withView<R>(_ block: Block, _ body: (UInt) throws(ExecMemError) -> R) throws(ExecMemError) -> R {
+        let view = try acquireView(block)
+        defer { releaseView(block) }
+        return try body(view)
+    }
+
+    func acquireView(_ block: Block) throws(ExecMemError) -> UInt {
+        if block.openCount == 0 {
+            guard let view = try backend.openWriteView(block.run) else { return 0 }
+            block.openView = view
+        }
+        block.openCount += 1
+        return block.openView
+    }
+
+    func releaseView(_ block: Block) {
+        guard block.openCount > 0 else { return }
+        block.openCount -= 1
+        if block.openCount == 0 {
+            backend.closeWriteView(block.run, view: block.openView)
+            block.openView = 0
+            if block.type == .roAfterInit { try? sealIfComplete(block) }
+        }
+    }
+
+    // MARK: - Writing
+
+    /// Copies `bytes` into `allocation` at `offset` through its write view.
+    public func write(_ bytes: UnsafeRawBufferPointer, to allocation: Allocation, at offset: Int = 0) throws(ExecMemError) {
+        try write(bytes, to: allocation, at: offset, batch: nil)
+    }
+
+    /// Copies `bytes` into `allocation` at `offset` through its write view.
+    public func write(_ bytes: [UInt8], to allocation: Allocation, at offset: Int = 0) throws(ExecMemError) {
+        try bytes.withUnsafeBytes { b in Result { () throws(ExecMemError) in try write(b, to: allocation, at: offset, batch: nil) } }.get()
+    }
+
+    /// Sets `count` bytes (to the end when nil) of `allocation` from `offset` to `byte`.
+    public func fill(_ allocation: Allocation, with byte: UInt8, offset: Int = 0, count: Int? = nil) throws(ExecMemError) {
+        try modify(allocation, offset: offset, count: count ?? (allocation.size - offset), batch: nil, .fill(byte))
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer, to a: Allocation, at offset: Int, batch: WriteBatch?) throws(ExecMemError) {
+        guard bytes.count > 0 else { return }
+        try modify(a, offset: offset, count: bytes.count, batch: batch, .copy(from: UInt(bitPattern: bytes.baseAddress!)))
+    }
+
+    /// What a write does to the destination bytes (addresses as integers: the operation runs under a lock).
+    enum Modification: Sendable {
+        case copy(from: UInt)
+        case fill(UInt8)
+    }
+
+    /// Checks a write and applies it to the destination bytes in a write view.
+    func modify(_ a: Allocation, offset: Int, count: Int, batch: WriteBatch?, _ op: Modification) throws(ExecMemError) {
+        guard offset >= 0, count >= 0, offset <= a.size, count <= a.size - offset else {
+            throw .outOfBounds(address: a.address, offset: offset, count: count, size: a.size)
+        }
+        try arenas[a.type.rawValue].state.withLock { (s) throws(ExecMemError) in
+            let (block, start) = try liveRecord(s, a)
+            if block.records[Int32(start)]!.sealed { throw .sealed(address: a.address, id: a.id) }
+            guard count > 0, backend.hasMemory else { return }
+            let view: UInt
+            if let batch {
+                if batch.openSerial(at: block.base) == block.serial {
+                    view = block.openView
+                } else {
+                    view = try acquireView(block)
+                    batch.remember(base: block.base, serial: block.serial, type: block.type)
+                }
+            } else {
+                view = try acquireView(block)
+            }
+            defer { if batch == nil { releaseView(block) } }
+            let dest = UnsafeMutableRawPointer(bitPattern: view + (a.address - block.base) + UInt(offset))!
+            switch op {
+            case let .copy(from): dest.copyMemory(from: UnsafeRawPointer(bitPattern: from)!, byteCount: count)
+            case let .fill(byte): dest.initializeMemory(as: UInt8.self, repeating: byte, count: count)
+            }
+        }
+    }
+
+    /// Runs `body` with a batch whose writes share write views: with transient views, each run is
+    /// mapped once for the whole batch and unmapped at its end (the kernel's temporary text-poke mm).
+    public func writeBatch<R>(_ body: (WriteBatch) throws -> R) rethrows -> R {
+        let batch = WriteBatch(allocator: self)
+        defer { batch.close() }
+        return try body(batch)
+    }
+
+    // MARK: - Sealing
+
+    /// Seals a ro-after-init allocation (module_enable_rodata_ro_after_init): later writes through
+    /// ExecMem fail, and once every allocation in its block is sealed the whole block becomes r--.
+    /// A sealed block takes no new allocations until it empties.
+    public func seal(_ allocation: Allocation) throws(ExecMemError) {
+        guard allocation.type == .roAfterInit else {
+            throw .notSealable(address: allocation.address, type: allocation.type)
+        }
+        try arenas[allocation.type.rawValue].state.withLock { (s) throws(ExecMemError) in
+            let (block, start) = try liveRecord(s, allocation)
+            block.records[Int32(start)]!.sealed = true
+            try sealIfComplete(block)
+        }
+    }
+
+    /// Whether the memory under `allocation` is read-only in hardware (its block sealed).
+    public func isHardwareSealed(_ allocation: Allocation) -> Bool {
+        arenas[allocation.type.rawValue].state.withLock { s in
+            (try? liveRecord(s, allocation)).map { $0.0.sealed } ?? false
+        }
+    }
+
+    /// Makes the block r-- once all of its allocations are sealed and no write view is open on it.
+    func sealIfComplete(_ block: Block) throws(ExecMemError) {
+        guard !block.sealed, block.openCount == 0, !block.records.isEmpty,
+              block.records.values.allSatisfy(\.sealed) else { return }
+        try backend.protect(block.run, .readOnly)
+        block.sealed = true
+    }
+
+    /// Turns an emptied sealed block back into an open rw- block with zeroed memory.
+    func reopen(_ block: Block) throws(ExecMemError) {
+        try backend.protect(block.run, .readWrite)
+        block.sealed = false
+        if backend.hasMemory {
+            try withView(block) { (view) throws(ExecMemError) in
+                UnsafeMutableRawPointer(bitPattern: view)!.initializeMemory(as: UInt8.self, repeating: 0, count: block.run.length)
+            }
+        }
+    }
+
+    // MARK: - Visibility
+
+    /// Makes code written so far safe for other threads to run: membarrier's private expedited
+    /// sync-core command serializes every core running this process. The writing thread needs nothing
+    /// on x86-64. Returns the mechanism used.
+    @discardableResult
+    public func makeVisible() -> Membarrier.Mode { Membarrier.synchronize() }
+}
+
+/// A set of writes that share write views; see `ExecMemAllocator.writeBatch`.
+public final class WriteBatch: Sendable {
+    let allocator: ExecMemAllocator
+    /// Views opened by this batch: run base -> (block serial, type).
+    private let open = Mutex<[UInt: (serial: UInt64, type: ExecMemType)]>([:])
+
+    init(allocator: ExecMemAllocator) { self.allocator = allocator }
+
+    public func write(_ bytes: [UInt8], to allocation: Allocation, at offset: Int = 0) throws(ExecMemError) {
+        try bytes.withUnsafeBytes { b in Result { () throws(ExecMemError) in try allocator.write(b, to: allocation, at: offset, batch: self) } }.get()
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, to allocation: Allocation, at offset: Int = 0) throws(ExecMemError) {
+        try allocator.write(bytes, to: allocation, at: offset, batch: self)
+    }
+
+    /// The serial of the run at `base` this batch holds a view of, if any.
+    func openSerial(at base: UInt) -> UInt64? { open.withLock { $0[base]?.serial } }
+
+    func remember(base: UInt, serial: UInt64, type: ExecMemType) { open.withLock { $0[base] = (serial, type) } }
+
+    func close() {
+        let views = open.withLock { o in defer { o.removeAll() }; return o }
+        for (base, o) in views {
+            allocator.arenas[o.type.rawValue].state.withLock { s in
+                // A run released during the batch already had its view closed.
+                if let block = s.blocks[base], block.serial == o.serial { allocator.releaseView(block) }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+// Where a range goes. By default within rel32 reach of the host executable, so generated code calls
+// host functions with a plain `call rel32` (LuaJIT, V8 and .NET place code the same way), at a random
+// 2 MiB-aligned base among the holes /proc/self/maps shows. The reach condition: the span from the
+// lowest to the highest byte of range and image together stays below 2^31, so every displacement
+// between the two fits a signed 32-bit field.
+
+import ExecMemSystem
+
+/// rel32 arithmetic, for callers that emit `call`/`jmp rel32` or RIP-relative operands.
+public enum Rel32 {
+    /// The displacement a rel32 field needs to go from `next` (the address after the instruction)
+    /// to `target`, or nil when it does not fit.
+    public static func displacement(from next: UInt, to target: UInt) -> Int32? {
+        let d = Int64(bitPattern: UInt64(target)) &- Int64(bitPattern: UInt64(next))
+        return Int32(exactly: d)
+    }
+
+    /// Whether every byte of `[aStart, aEnd)` reaches every byte of `[bStart, bEnd)` with rel32.
+    public static func reaches(_ aStart: UInt, _ aEnd: UInt, _ bStart: UInt, _ bEnd: UInt) -> Bool {
+        max(aEnd, bEnd) - min(aStart, bStart) <= UInt(Int32.max)
+    }
+}
+
+/// The host executable's image, as /proc/self/maps shows it.
+public struct HostImage: Sendable, Codable, Equatable {
+    public let path: String
+    public let start: UInt
+    public let end: UInt
+    public let textStart: UInt
+    public let textEnd: UInt
+
+    /// Reads /proc/self/maps; nil when the executable's mappings cannot be found.
+    public static func current() -> HostImage? {
+        guard let maps = try? ProcMaps.read() else { return nil }
+        return find(in: maps)
+    }
+
+    static func find(in maps: [MapsEntry]) -> HostImage? {
+        let image = ProcMaps.executableImage(in: maps)
+        guard let first = image.first, let last = image.last else { return nil }
+        let text = image.filter(\.isExecutable)
+        return HostImage(path: first.path, start: first.start, end: last.end,
+                         textStart: text.first?.start ?? first.start, textEnd: text.last?.end ?? last.end)
+    }
+}
+
+/// A small, seedable generator (SplitMix64) so tests can pin the randomized base.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+enum RangePlacer {
+    static let block = UInt(ExecMemGeometry.blockSize)
+    /// Room left above `[heap]` for brk to grow, so the range never blocks malloc's heap.
+    static let heapHeadroom: UInt = 256 << 20
+    /// Lowest address considered (above mmap_min_addr and the null page region).
+    static let lowest: UInt = 1 << 24
+
+    /// Reserves a range and says where and why.
+    static func place(size: Int, placement: Placement, backend: any ExecMemBackend,
+                      rng: inout some RandomNumberGenerator) throws(ExecMemError) -> (base: UInt, note: String) {
+        switch placement {
+        case .anywhere:
+            return (try backend.reserve(size: size, at: nil), "anywhere (kernel's choice)")
+        case let .hint(address):
+            let aligned = (address + block - 1) & ~(block - 1)
+            do throws(ExecMemError) {
+                return (try backend.reserve(size: size, at: aligned), "at the caller's hint \(hexAddress(aligned))")
+            } catch {
+                throw .placementFailed("cannot reserve \(size) bytes at the hint \(hexAddress(aligned)): \(error)")
+            }
+        case .nearExecutable:
+            for _ in 0..<8 {
+                guard let maps = try? ProcMaps.read(), let image = HostImage.find(in: maps) else {
+                    return (try backend.reserve(size: size, at: nil), "anywhere: the executable's mappings were not found")
+                }
+                let candidates = nearCandidates(size: size, image: image, maps: maps)
+                let total = candidates.reduce(0) { $0 + $1.count }
+                if total == 0 {
+                    return (try backend.reserve(size: size, at: nil),
+                            "anywhere: no hole of \(size) bytes within rel32 reach of \(image.path)")
+                }
+                var pick = Int.random(in: 0..<total, using: &rng)
+                for c in candidates {
+                    if pick < c.count {
+                        let base = c.first + UInt(pick) * block
+                        if let got = try? backend.reserve(size: size, at: base) {
+                            return (got, "within rel32 of the executable (random base)")
+                        }
+                        break  // raced with another mapping: read the maps again
+                    }
+                    pick -= c.count
+                }
+            }
+            return (try backend.reserve(size: size, at: nil), "anywhere: placement near the executable kept failing")
+        }
+    }
+
+    /// Aligned bases `first + k * 2 MiB` for `k < count` where the range would fit a hole and reach the image.
+    static func nearCandidates(size: Int, image: HostImage, maps: [MapsEntry]) -> [(first: UInt, count: Int)] {
+        let span = UInt(Int32.max)
+        let lo = max(image.end > span ? image.end - span : 0, lowest)
+        guard image.start + span > UInt(size) else { return [] }
+        let hi = image.start + span - UInt(size)  // highest base
+        guard hi >= lo else { return [] }
+        // Occupied intervals: every mapping, plus headroom for the brk heap to grow.
+        var busy = maps.map { (start: $0.start, end: $0.end) }
+        if let heap = maps.first(where: { $0.path == "[heap]" }) { busy.append((heap.start, heap.end + heapHeadroom)) }
+        else { busy.append((image.end, image.end + heapHeadroom)) }
+        busy.sort { $0.start < $1.start }
+        var out: [(UInt, Int)] = []
+        var cursor = lo
+        func addGap(_ gapStart: UInt, _ gapEnd: UInt) {
+            let first = (max(gapStart, lo) + block - 1) & ~(block - 1)
+            guard gapEnd >= UInt(size), gapEnd - UInt(size) >= first else { return }
+            let last = min(gapEnd - UInt(size), hi) & ~(block - 1)
+            if last >= first { out.append((first, Int((last - first) / block) + 1)) }
+        }
+        for b in busy {
+            if b.end <= cursor { continue }
+            if b.start > cursor { addGap(cursor, b.start) }
+            cursor = max(cursor, b.end)
+            if cursor > hi { break }
+        }
+        if cursor <= hi { addGap(cursor, hi + UInt(size)) }
+        return out
+    }
+}
