@@ -22,17 +22,21 @@ public final class AnonymousBackend: ExecMemBackend {
 
     public func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType) throws(ExecMemError) -> CommittedRun {
         let address = rangeBase + UInt(offset)
-        var note: String? = collapse ? nil : "collapse disabled by configuration"
+        let wantsHuge = collapse && type.wantsHugePages
+        var note: String? = !type.wantsHugePages ? "\(type) stays on 4 KiB pages: it is sealed page by page"
+            : collapse ? nil : "collapse disabled by configuration"
         var huge = false
         _ = try sys(try Sys.mmap(address: address, length: length, protection: [.read, .write],
                                  flags: SysConst.mapPrivate | SysConst.mapAnonymous | SysConst.mapFixed))
         do throws(ExecMemError) {
-            if collapse {
+            if wantsHuge {
                 // Ask for THPs before the first touch, so the fill faults in 2 MiB pages directly.
                 try? Sys.madvise(address: address, length: length, advice: SysConst.madvHugePage, name: "MADV_HUGEPAGE")
             }
-            UnsafeMutableRawPointer(bitPattern: address)!.initializeMemory(as: UInt8.self, repeating: type.fillByte, count: length)
-            if collapse {
+            if type.fillByte != 0 || wantsHuge {
+                UnsafeMutableRawPointer(bitPattern: address)!.initializeMemory(as: UInt8.self, repeating: type.fillByte, count: length)
+            }
+            if wantsHuge {
                 do throws(SystemCallError) {
                     try Sys.madvise(address: address, length: length, advice: SysConst.madvCollapse, name: "MADV_COLLAPSE")
                     huge = true
@@ -52,8 +56,8 @@ public final class AnonymousBackend: ExecMemBackend {
 
     public func decommit(_ run: CommittedRun) { Reservation.restore(address: run.address, length: run.length) }
 
-    public func protect(_ run: CommittedRun, _ protection: Protection) throws(ExecMemError) {
-        try sys(try Sys.mprotect(address: run.address, length: run.length, protection: protection.bits))
+    public func protect(_ run: CommittedRun, offset: Int, length: Int, _ protection: Protection) throws(ExecMemError) {
+        try sys(try Sys.mprotect(address: run.address + UInt(offset), length: length, protection: protection.bits))
     }
 
     public func openWriteView(_ run: CommittedRun) throws(ExecMemError) -> UInt? {

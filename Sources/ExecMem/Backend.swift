@@ -49,8 +49,9 @@ public protocol ExecMemBackend: AnyObject, Sendable {
     func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType) throws(ExecMemError) -> CommittedRun
     /// Returns a run's memory and restores the reservation in its place.
     func decommit(_ run: CommittedRun)
-    /// Sets the whole run's run-view protection (sealing and unsealing ro-after-init).
-    func protect(_ run: CommittedRun, _ protection: Protection) throws(ExecMemError)
+    /// Sets the run-view protection of `[offset, offset + length)` of a run, whole pages (sealing and
+    /// unsealing ro-after-init allocations).
+    func protect(_ run: CommittedRun, offset: Int, length: Int, _ protection: Protection) throws(ExecMemError)
 
     /// Opens a writable view of the whole run and returns the address of its first byte, or nil when
     /// the backend has no bytes (simulated). Every open is paired with one `closeWriteView`.

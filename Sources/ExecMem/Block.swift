@@ -11,9 +11,8 @@
 //
 // Invariants (checked by `ExecMemAllocator.checkInvariants`):
 //   - the bitmap's set bits are exactly the chunks of `records`, and `usedChunks` counts them;
-//   - free chunks hold the type's fill byte (int3 for text, zero otherwise), except in sealed blocks,
-//     which are refilled when they empty;
-//   - `sealed` implies every record is sealed and the run view is r--;
+//   - free chunks hold the type's fill byte (int3 for text, zero otherwise);
+//   - a sealed record's pages are r-- (ro-after-init only; its records are whole pages);
 //   - `openCount > 0` exactly when `openView` is set.
 
 final class Block {
@@ -31,8 +30,6 @@ final class Block {
     var searchHint = 0
     /// Smallest request that failed since the last free; larger ones skip this block.
     var failedRequest = Int.max
-    /// ro-after-init: the whole run is r-- and takes no new allocations until it empties.
-    var sealed = false
     /// Write views currently open on this run (single writes and batches), and the view's address.
     var openCount = 0
     var openView: UInt = 0
@@ -63,7 +60,7 @@ final class Block {
 
     /// Finds and takes `chunks` chunks aligned to `alignment` chunks; nil when they do not fit.
     func take(chunks: Int, alignment: Int) -> Int? {
-        guard !sealed, !isLarge, chunks <= freeChunks, chunks < failedRequest else { return nil }
+        guard !isLarge, chunks <= freeChunks, chunks < failedRequest else { return nil }
         guard let start = bitmap.findClearRun(length: chunks, alignment: alignment, from: searchHint) else {
             failedRequest = chunks
             return nil

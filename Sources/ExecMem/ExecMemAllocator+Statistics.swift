@@ -11,7 +11,8 @@ public struct TypeStatistics: Sendable, Codable, Equatable {
     public var blocks = 0
     public var packedBlocks = 0
     public var largeRuns = 0
-    public var sealedBlocks = 0
+    /// Sealed ro-after-init allocations.
+    public var sealedAllocations = 0
     public var allocations = 0
     /// Committed bytes (blocks x 2 MiB).
     public var reservedBytes = 0
@@ -66,7 +67,7 @@ public struct ExecMemStatistics: Sendable, Codable {
         var t = TypeStatistics(type: .text)
         for s in types {
             t.blocks += s.blocks; t.packedBlocks += s.packedBlocks; t.largeRuns += s.largeRuns
-            t.sealedBlocks += s.sealedBlocks; t.allocations += s.allocations
+            t.sealedAllocations += s.sealedAllocations; t.allocations += s.allocations
             t.reservedBytes += s.reservedBytes; t.usedBytes += s.usedBytes; t.requestedBytes += s.requestedBytes
             t.freeBytes += s.freeBytes; t.largestFreeRun = max(t.largestFreeRun, s.largestFreeRun)
             t.hugeMappedBytes += s.hugeMappedBytes; t.collapseFailures += s.collapseFailures
@@ -93,7 +94,7 @@ extension ExecMemAllocator {
                     t.allocations += block.records.count
                     t.usedBytes += block.usedChunks << ExecMemGeometry.chunkShift
                     t.requestedBytes += block.records.values.reduce(0) { $0 + $1.size }
-                    if block.sealed { t.sealedBlocks += 1 }
+                    t.sealedAllocations += block.records.values.reduce(0) { $0 + ($1.sealed ? 1 : 0) }
                     if block.isLarge {
                         t.largeRuns += 1
                     } else {
@@ -171,7 +172,10 @@ extension ExecMemAllocator {
                         perKind[rec.kind.rawValue].allocations += 1
                         perKind[rec.kind.rawValue].requestedBytes += rec.size
                         perKind[rec.kind.rawValue].usedBytes += n << ExecMemGeometry.chunkShift
-                        if block.sealed && !rec.sealed { problems.append("\(where_): sealed block holds an unsealed record") }
+                        if rec.sealed && arena.type != .roAfterInit { problems.append("\(where_): sealed \(arena.type) record") }
+                        if (st << ExecMemGeometry.chunkShift) % arena.type.granule != 0 || (n << ExecMemGeometry.chunkShift) % arena.type.granule != 0 {
+                            problems.append("\(where_): record at chunk \(st) is not whole \(arena.type.granule)-byte granules")
+                        }
                     }
                     spans.sort { $0.0 < $1.0 }
                     for (a, b) in zip(spans, spans.dropFirst()) where a.0 + a.1 > b.0 {
@@ -184,7 +188,7 @@ extension ExecMemAllocator {
                         if block.bitmap.population != block.usedChunks { problems.append("\(where_): bitmap has \(block.bitmap.population) chunks set, usedChunks \(block.usedChunks)") }
                         if block.bitmap.firstClear(from: 0) < block.searchHint { problems.append("\(where_): a free chunk lies below the search hint") }
                         if !s.packed[block.range].contains(where: { $0 === block }) { problems.append("\(where_): packed block missing from the packed list") }
-                        if deep && backend.hasMemory && !block.sealed { problems += fillProblems(block, where_) }
+                        if deep && backend.hasMemory { problems += fillProblems(block, where_) }
                     }
                 }
                 for r in 0..<2 {

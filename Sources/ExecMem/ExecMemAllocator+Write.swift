@@ -35,7 +35,6 @@ extension ExecMemAllocator {
         if block.openCount == 0 {
             backend.closeWriteView(block.run, view: block.openView)
             block.openView = 0
-            if block.type == .roAfterInit { try? sealIfComplete(block) }
         }
     }
 
@@ -106,43 +105,24 @@ extension ExecMemAllocator {
 
     // MARK: - Sealing
 
-    /// Seals a ro-after-init allocation (module_enable_rodata_ro_after_init): later writes through
-    /// ExecMem fail, and once every allocation in its block is sealed the whole block becomes r--.
-    /// A sealed block takes no new allocations until it empties.
+    /// Seals a ro-after-init allocation (module_enable_rodata_ro_after_init): its pages become r--
+    /// and later writes through ExecMem fail. Sealing twice is harmless.
     public func seal(_ allocation: Allocation) throws(ExecMemError) {
         guard allocation.type == .roAfterInit else {
             throw .notSealable(address: allocation.address, type: allocation.type)
         }
         try arenas[allocation.type.rawValue].state.withLock { (s) throws(ExecMemError) in
             let (block, start) = try liveRecord(s, allocation)
+            guard !block.records[Int32(start)]!.sealed else { return }
+            try backend.protect(block.run, offset: start << ExecMemGeometry.chunkShift, length: allocation.capacity, .readOnly)
             block.records[Int32(start)]!.sealed = true
-            try sealIfComplete(block)
         }
     }
 
-    /// Whether the memory under `allocation` is read-only in hardware (its block sealed).
-    public func isHardwareSealed(_ allocation: Allocation) -> Bool {
+    /// Whether `allocation` is live and sealed.
+    public func isSealed(_ allocation: Allocation) -> Bool {
         arenas[allocation.type.rawValue].state.withLock { s in
-            (try? liveRecord(s, allocation)).map { $0.0.sealed } ?? false
-        }
-    }
-
-    /// Makes the block r-- once all of its allocations are sealed and no write view is open on it.
-    func sealIfComplete(_ block: Block) throws(ExecMemError) {
-        guard !block.sealed, block.openCount == 0, !block.records.isEmpty,
-              block.records.values.allSatisfy(\.sealed) else { return }
-        try backend.protect(block.run, .readOnly)
-        block.sealed = true
-    }
-
-    /// Turns an emptied sealed block back into an open rw- block with zeroed memory.
-    func reopen(_ block: Block) throws(ExecMemError) {
-        try backend.protect(block.run, .readWrite)
-        block.sealed = false
-        if backend.hasMemory {
-            try withView(block) { (view) throws(ExecMemError) in
-                UnsafeMutableRawPointer(bitPattern: view)!.initializeMemory(as: UInt8.self, repeating: 0, count: block.run.length)
-            }
+            (try? liveRecord(s, allocation)).map { $0.0.records[Int32($0.1)]!.sealed } ?? false
         }
     }
 

@@ -96,14 +96,15 @@ public final class ExecMemAllocator: Sendable {
         if alignment < 1 || alignment > ExecMemGeometry.blockSize || alignment & (alignment - 1) != 0 {
             throw .badAlignment(alignment: alignment, kind: kind)
         }
-        let align = max(alignment, k.alignment, ExecMemGeometry.chunkSize)
+        let granule = k.type.granule
+        let align = max(alignment, k.alignment, granule)
         let arena = arenas[k.type.rawValue]
         let id = serials.wrappingAdd(1, ordering: .relaxed).oldValue
         return try arena.state.withLock { (s) throws(ExecMemError) -> Allocation in
             if size > ExecMemGeometry.blockSize {
                 return try allocateLarge(&s, kind: kind, type: k.type, size: size, ranges: k.ranges, id: id)
             }
-            let chunks = (size + ExecMemGeometry.chunkSize - 1) >> ExecMemGeometry.chunkShift
+            let chunks = ((size + granule - 1) & ~(granule - 1)) >> ExecMemGeometry.chunkShift
             let alignChunks = align >> ExecMemGeometry.chunkShift
             for r in rangeOrder(k.ranges) {
                 for block in s.packed[r] {
@@ -208,6 +209,10 @@ public final class ExecMemAllocator: Sendable {
             let (block, start) = try liveRecord(s, allocation)
             let rec = block.records.removeValue(forKey: Int32(start))!
             let chunks = Int(rec.chunks)
+            if rec.sealed {
+                try backend.protect(block.run, offset: start << ExecMemGeometry.chunkShift,
+                                    length: chunks << ExecMemGeometry.chunkShift, .readWrite)
+            }
             s.kinds[rec.kind.rawValue].allocations -= 1
             s.kinds[rec.kind.rawValue].requestedBytes -= rec.size
             s.kinds[rec.kind.rawValue].usedBytes -= chunks << ExecMemGeometry.chunkShift
@@ -215,19 +220,14 @@ public final class ExecMemAllocator: Sendable {
                 release(&s, block)
                 return
             }
-            if !block.sealed && backend.hasMemory {
+            if backend.hasMemory {
                 try withView(block) { (view) throws(ExecMemError) in
                     UnsafeMutableRawPointer(bitPattern: view + UInt(start << ExecMemGeometry.chunkShift))!
                         .initializeMemory(as: UInt8.self, repeating: block.type.fillByte, count: chunks << ExecMemGeometry.chunkShift)
                 }
             }
             block.give(start: start, chunks: chunks)
-            if block.isEmpty {
-                if block.sealed { try reopen(block) }
-                releaseSurplusEmptyBlocks(&s)
-            } else if block.type == .roAfterInit {
-                try sealIfComplete(block)
-            }
+            if block.isEmpty { releaseSurplusEmptyBlocks(&s) }
         }
     }
 

@@ -17,6 +17,8 @@
 public enum ExecMemGeometry {
     public static let blockShift = 21  // 2 MiB, one x86-64 PMD
     public static let chunkShift = 6  // 64 B, one cache line (BPF_PROG_CHUNK_SHIFT)
+    public static let pageShift = 12  // 4 KiB, the base page
+    public static let pageSize = 1 << pageShift
     public static let blockSize = 1 << blockShift
     public static let chunkSize = 1 << chunkShift
     public static let chunksPerBlock = blockSize >> chunkShift  // 32,768
@@ -58,6 +60,16 @@ public enum ExecMemType: Int, CaseIterable, Sendable, Codable, CustomStringConve
 
     /// The byte a fresh block and freed memory of this type hold: `int3` for text, zero for data.
     public var fillByte: UInt8 { self == .text ? ExecMemGeometry.trapByte : 0 }
+
+    /// Allocation granule in bytes. Ro-after-init is sealed allocation by allocation, and a
+    /// protection can only change on whole pages, so its allocations are whole 4 KiB pages and its
+    /// blocks stay on 4 KiB pages: the one type whose 2 MiB mapping is split, by design (the seed:
+    /// "rodata still needs to be split because we need a space to accommodate ro_after_init data").
+    /// It is also the smallest type by far (99% of it is `__jump_table`).
+    public var granule: Int { self == .roAfterInit ? ExecMemGeometry.pageSize : ExecMemGeometry.chunkSize }
+
+    /// Whether the backend should map this type's blocks with 2 MiB pages.
+    public var wantsHugePages: Bool { self != .roAfterInit }
 }
 
 /// Protections by role (LuaJIT's MCPROT_RUN / MCPROT_GEN), never writable and executable together.

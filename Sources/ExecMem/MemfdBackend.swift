@@ -45,7 +45,7 @@ public final class MemfdBackend: ExecMemBackend {
             var fds = table[rangeBase] ?? [Int32](repeating: -1, count: ExecMemType.allCases.count)
             if fds[type.rawValue] >= 0 { return .success(fds[type.rawValue]) }
             var flags = SysConst.mfdCloexec
-            if hugeTLB { flags |= SysConst.mfdHugeTLB | SysConst.mfdHuge2MB }
+            if hugeTLB && type.wantsHugePages { flags |= SysConst.mfdHugeTLB | SysConst.mfdHuge2MB }
             do throws(SystemCallError) {
                 let fd = try Sys.memfdCreate(name: "execmem-\(type)", flags: flags)
                 do throws(SystemCallError) { try Sys.ftruncate(fd: fd, length: rangeSize) } catch { Sys.close(fd: fd); throw error }
@@ -63,8 +63,10 @@ public final class MemfdBackend: ExecMemBackend {
         let fd = try file(rangeBase: rangeBase, rangeSize: rangeSize, type: type)
         let address = rangeBase + UInt(offset)
         let shared = SysConst.mapShared
-        // Allocate the pages now: a hugetlb pool that is too small fails here, not on a later fault.
-        try sys(try Sys.fallocate(fd: fd, mode: 0, offset: offset, length: length))
+        let huge = type.wantsHugePages
+        // Allocate the pages now: a hugetlb pool that is too small fails here, not on a later fault,
+        // and MADV_COLLAPSE needs the pages present. 4 KiB types get their pages on first touch.
+        if huge { try sys(try Sys.fallocate(fd: fd, mode: 0, offset: offset, length: length)) }
         var view: UInt = 0
         do throws(ExecMemError) {
             let needsView = type == .text || type == .rodata
@@ -86,20 +88,20 @@ public final class MemfdBackend: ExecMemBackend {
             try? Sys.fallocate(fd: fd, mode: SysConst.fallocPunchHole | SysConst.fallocKeepSize, offset: offset, length: length)
             throw error
         }
-        var huge = hugeTLB
-        var note: String? = nil
-        if collapse {
+        var hugeMapped = hugeTLB && huge
+        var note: String? = huge ? nil : "\(type) stays on 4 KiB pages: it is sealed page by page"
+        if collapse && huge {
             do throws(SystemCallError) {
                 try Sys.madvise(address: address, length: length, advice: SysConst.madvCollapse, name: "MADV_COLLAPSE")
-                huge = true
+                hugeMapped = true
             } catch {
                 note = "\(error); this run stays on 4 KiB pages"
             }
-        } else if !hugeTLB {
+        } else if !hugeTLB && huge {
             note = "collapse disabled by configuration"
         }
         return CommittedRun(address: address, length: length, type: type, fd: fd, fileOffset: offset,
-                            writeView: view, hugeMapped: huge, note: note)
+                            writeView: view, hugeMapped: hugeMapped, note: note)
     }
 
     public func decommit(_ run: CommittedRun) {
@@ -109,8 +111,8 @@ public final class MemfdBackend: ExecMemBackend {
                            offset: run.fileOffset, length: run.length)
     }
 
-    public func protect(_ run: CommittedRun, _ protection: Protection) throws(ExecMemError) {
-        try sys(try Sys.mprotect(address: run.address, length: run.length, protection: protection.bits))
+    public func protect(_ run: CommittedRun, offset: Int, length: Int, _ protection: Protection) throws(ExecMemError) {
+        try sys(try Sys.mprotect(address: run.address + UInt(offset), length: length, protection: protection.bits))
     }
 
     public func openWriteView(_ run: CommittedRun) throws(ExecMemError) -> UInt? {

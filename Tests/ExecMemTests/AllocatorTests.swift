@@ -157,22 +157,33 @@ import Testing
         #expect(mem.checkInvariants() == [])
     }
 
-    @Test func roAfterInitSealsToReadOnly() throws {
+    @Test func roAfterInitSealsPageByPage() throws {
         let mem = try ExecMemAllocator(smallConfiguration())
         let a = try mem.allocate(.moduleRoAfterInit, size: 256)
+        let b = try mem.allocate(.moduleRoAfterInit, size: 5000)
+        #expect(a.capacity == 4096 && b.capacity == 8192, "whole pages")
+        #expect(a.address % 4096 == 0 && b.address % 4096 == 0)
+        #expect(a.address & ~ExecMemGeometry.blockMask == b.address & ~ExecMemGeometry.blockMask, "one shared block")
         // Initialization writes it directly: the memory is rw- until sealed.
         UnsafeMutableRawPointer(bitPattern: a.address)!.storeBytes(of: 0x1234_5678, as: UInt32.self)
         try mem.write([9], to: a, at: 8)
         try mem.seal(a)
-        #expect(mem.isHardwareSealed(a))
+        try mem.seal(a)  // harmless
+        #expect(mem.isSealed(a) && !mem.isSealed(b))
         #expect(try protection(at: a.address) == "r--")
+        #expect(try protection(at: b.address) == "rw-", "the neighbour is still being initialized")
         #expect(UnsafeRawPointer(bitPattern: a.address)!.load(as: UInt32.self) == 0x1234_5678)
         #expect(throws: ExecMemError.sealed(address: a.address, id: a.id)) { try mem.write([1], to: a) }
-        // A new ro-after-init allocation goes to an open block, not the sealed one.
-        let b = try mem.allocate(.moduleRoAfterInit, size: 64)
-        #expect(try protection(at: b.address) == "rw-")
-        #expect(b.address & ~ExecMemGeometry.blockMask != a.address & ~ExecMemGeometry.blockMask)
+        try mem.write([7], to: b)
+        try mem.seal(b)
+        #expect(try protection(at: b.address + 4096) == "r--")
+        #expect(mem.statistics()[.roAfterInit].sealedAllocations == 2)
+        // Freeing a sealed allocation makes its pages writable and zero again for the next owner.
         try mem.free(a)
+        let c = try mem.allocate(.moduleRoAfterInit, size: 64)
+        #expect(c.address == a.address)
+        #expect(try protection(at: c.address) == "rw-")
+        #expect(bytes(at: c.address, count: 4096).allSatisfy { $0 == 0 })
         #expect(mem.checkInvariants(deep: true) == [])
         try expectNoWritableExecutable()
     }

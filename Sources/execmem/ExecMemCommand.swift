@@ -1,0 +1,84 @@
+// The `execmem` command: argument parsing and printing over ExecMemTools. Nothing here decides
+// anything; every figure comes from the libraries.
+
+import ArgumentParser
+import ExecMem
+import ExecMemTools
+import Foundation
+
+@main
+struct ExecMemCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "execmem",
+        abstract: "One allocator for memory that holds code: 2 MiB pages kept, one range near the executable, typed, W^X.",
+        subcommands: [Demo.self, Doctor.self, Bench.self],
+        defaultSubcommand: Demo.self)
+}
+
+/// Prints a Codable value as one JSON object.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+extension ExecMemCommand {
+    struct Demo: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Install, run and free a few thousand generated functions; show statistics, 2 MiB coverage and a W^X scan.")
+
+        @Option(help: "Number of functions to generate.") var functions = 4000
+        @Option(help: "Seed for the generated functions.") var seed: UInt64 = 1
+        @Option(help: "Backing: memfd, hugetlb or anonymous.") var backing: Backing = .memfd
+        @Option(help: "Write views: persistent or transient.") var writeView: WriteViewMode = .persistent
+        @Flag(help: "Lay blocks out in fixed per-type sub-ranges instead of one typed pool.") var splitRange = false
+        @Flag(help: "Print one JSON object instead of text.") var json = false
+
+        func run() throws {
+            guard functions > 0 else { throw ValidationError("--functions must be positive") }
+            var config = ExecMemConfiguration()
+            config.backing = backing
+            config.writeView = writeView
+            if splitRange { config.layout = .defaultSplit }
+            let report = try ExecMemTools.Demo.run(functions: functions, seed: seed, allocator: ExecMemAllocator(config))
+            if json { try printJSON(report) } else { printDemo(report) }
+            if !report.ok { throw ExitCode.failure }
+        }
+    }
+
+    struct Doctor: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "What this kernel offers (THP, MADV_COLLAPSE, hugetlb, memfd, membarrier, placement) and what ExecMem will do.")
+
+        @Flag(help: "Print one JSON object instead of text.") var json = false
+
+        func run() throws {
+            let report = ExecMemTools.Doctor.run()
+            if json { try printJSON(report) } else { printDoctor(report) }
+        }
+    }
+
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Benchmarks, each beside its baseline measured in the same run: \(ExecMemTools.Bench.names.joined(separator: ", ")).")
+
+        @Argument(help: "One benchmark; all when omitted.") var name: String?
+        @Option(help: "Scale the timed loops (0.1 for a quick look).") var scale = 1.0
+        @Flag(help: "Print JSON instead of text.") var json = false
+
+        func run() throws {
+            #if DEBUG
+            FileHandle.standardError.write(Data("execmem bench: this is a debug build; use swift run -c release execmem bench\n".utf8))
+            #endif
+            guard scale > 0 else { throw ValidationError("--scale must be positive") }
+            if let name, !ExecMemTools.Bench.names.contains(name) {
+                throw ValidationError("unknown benchmark '\(name)'; known: \(ExecMemTools.Bench.names.joined(separator: ", "))")
+            }
+            let results = try ExecMemTools.Bench.run(name, scale: scale)
+            if json { try printJSON(results) } else { printBench(results) }
+        }
+    }
+}
+
+extension Backing: ExpressibleByArgument {}
+extension WriteViewMode: ExpressibleByArgument {}

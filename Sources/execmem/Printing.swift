@@ -1,0 +1,104 @@
+// Text renderings of the reports: aligned tables a person can read at a glance.
+
+import ExecMem
+import ExecMemTools
+
+func mib(_ bytes: Int) -> String {
+    let m = Double(bytes) / Double(1 << 20)
+    return m >= 100 ? "\(Int(m.rounded())) MiB" : "\((m * 100).rounded() / 100) MiB"
+}
+
+func pct(_ x: Double) -> String { "\((x * 1000).rounded() / 10)%" }
+
+func hexString(_ v: UInt) -> String { "0x" + String(v, radix: 16) }
+
+/// Prints rows as columns padded to their widest cell; the first row is the header.
+func printTable(_ rows: [[String]], indent: String = "  ") {
+    guard let first = rows.first else { return }
+    var widths = [Int](repeating: 0, count: first.count)
+    for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+    // Columns of figures are right-aligned, columns of words left-aligned.
+    let numeric = (0..<first.count).map { i in rows.dropFirst().allSatisfy { $0[i].first.map { $0.isNumber || $0 == "-" } ?? true } }
+    for row in rows {
+        let cells = row.enumerated().map { i, c in numeric[i] ? c.leftPadding(widths[i]) : c.padding(widths[i]) }
+        print(indent + cells.joined(separator: "  "))
+    }
+}
+
+extension String {
+    func padding(_ n: Int) -> String { self + String(repeating: " ", count: max(0, n - count)) }
+    func leftPadding(_ n: Int) -> String { String(repeating: " ", count: max(0, n - count)) + self }
+}
+
+func printDemo(_ r: DemoReport) {
+    print("ExecMem demo: \(r.functionsInstalled) generated x86-64 functions across BPF, probe, trace and module-text kinds")
+    print("  backend \(r.backend), \(r.layout)")
+    print("  range \(hexString(r.rangeBase)) + \(mib(r.rangeSize)): \(r.placement)")
+    print("  reaches the executable with rel32: \(r.primaryReachesExecutable ? "yes" : "no"); farthest function to executable text: \(mib(Int(r.maxDistanceToExecutableText)))")
+    print("")
+    print("  ran \(r.functionsRun) calls, \(r.wrongResults) wrong results; \(r.hostCallsDirect) functions call the host with call rel32 (\(r.hostCallsIndirect) indirectly), \(r.rodataTables) rodata tables read RIP-relative")
+    print("  freed \(r.functionsFreed): freed text reads back as int3: \(r.freedTextIsTrap ? "yes" : "NO")")
+    print("  sealed \(r.sealedAllocations) ro-after-init allocations; writes after sealing refused: \(r.writesAfterSealRefused)")
+    print("")
+    var rows = [["type", "blocks", "allocations", "used", "requested", "free", "largest free", "fragmentation", "2 MiB pages"]]
+    for t in r.types {
+        rows.append([t.type.description, "\(t.blocks)", "\(t.allocations)", mib(t.usedBytes), mib(t.requestedBytes),
+                     mib(t.freeBytes), mib(t.largestFreeRun), pct(t.fragmentation), t.reservedBytes == 0 ? "-" : pct(t.hugePageCoverage)])
+    }
+    printTable(rows)
+    print("")
+    rows = [["kind", "type", "allocations", "requested", "used"]]
+    for k in r.kinds where k.allocations > 0 {
+        rows.append([k.kind.description, k.type.description, "\(k.allocations)", mib(k.requestedBytes), mib(k.usedBytes)])
+    }
+    printTable(rows)
+    print("")
+    print("  text huge-page coverage (smaps): \(pct(r.hugePageCoverage))")
+    print("  W^X scan of /proc/self/maps: \(r.writableExecutableMappings) writable+executable mappings")
+    print("  invariants: \(r.invariantViolations.isEmpty ? "hold" : r.invariantViolations.joined(separator: "; "))")
+    for note in r.notes.dropFirst() { print("  note: \(note)") }
+    print("  \(r.ok ? "OK" : "FAILED") in \((r.seconds * 1000).rounded() / 1000) s")
+}
+
+func printDoctor(_ r: DoctorReport) {
+    let k = r.kernel
+    print("ExecMem doctor: kernel \(k.kernelRelease)")
+    printTable([
+        ["feature", "state"],
+        ["transparent huge pages", k.thpMode],
+        ["shmem transparent huge pages", k.shmemThpMode],
+        ["memfd_create", k.memfdWorks ? "works" : "unavailable"],
+        ["MADV_COLLAPSE on a memfd r-x view", k.collapseOnMemfd ? "works (2 MiB page read back from smaps)" : "no: \(k.collapseDetail)"],
+        ["MADV_COLLAPSE on anonymous memory", k.collapseOnAnonymous ? "works" : "no"],
+        ["hugetlb pages (total/free, size)", "\(k.hugetlbPagesTotal)/\(k.hugetlbPagesFree), \(k.hugetlbPageSize / 1024) kB"],
+        ["membarrier", k.membarrier.rawValue],
+        ["vm.max_map_count", k.maxMapCount.map(String.init) ?? "unknown"],
+    ])
+    print("")
+    print("  range (\(mib(r.rangeSize))): \(r.rangeBase.map(hexString) ?? "-") \(r.rangePlacement)")
+    if let e = r.executable {
+        print("  executable \(e.path): \(hexString(e.start))-\(hexString(e.end)), text \(hexString(e.textStart))-\(hexString(e.textEnd))")
+    }
+    print("  range and executable span \(r.maxDistanceToExecutable.map { mib(Int($0)) } ?? "-"); rel32 reach: \(r.rangeReachesExecutable ? "yes" : "no")")
+    print("  a full range needs \(r.mappingsNeededForFullRange) mappings")
+    print("")
+    print("What ExecMem will do:")
+    for line in r.plan { print("  - \(line)") }
+}
+
+func printBench(_ results: [BenchResult]) {
+    var rows = [["benchmark", "figure", "value", "baseline", "baseline value", "ratio"]]
+    for r in results {
+        rows.append([r.benchmark, r.figure, format(r.value, r.unit), r.baseline, format(r.baselineValue, r.unit), "\((r.ratio * 100).rounded() / 100)x"])
+    }
+    printTable(rows)
+    for note in Set(results.map { "\($0.benchmark): \($0.notes)" }).sorted() { print("  \(note)") }
+}
+
+func format(_ value: Double, _ unit: String) -> String {
+    switch unit {
+    case "bytes": return mib(Int(value))
+    case "ops/s": return "\(Int(value.rounded())) ops/s"
+    default: return "\((value * 100).rounded() / 100) \(unit)"
+    }
+}

@@ -1,0 +1,75 @@
+// The system layer: errors name their call, /proc parsers read real and hand-made files, and the
+// W^X guard refuses a writable and executable protection before the kernel sees it.
+
+import ExecMemSystem
+import SystemPackage
+import Testing
+
+@Suite struct SystemTests {
+    @Test func errorsNameTheirCall() {
+        #expect { try Sys.munmap(address: 1, length: 4096) } throws: { e in
+            guard let e = e as? SystemCallError else { return false }
+            return e.call == "munmap" && e.errno == .invalidArgument && e.description.contains("munmap failed")
+        }
+        #expect { try Sys.madvise(address: 0x1000, length: 4096, advice: SysConst.madvCollapse, name: "MADV_COLLAPSE") } throws: { e in
+            (e as? SystemCallError)?.call == "madvise(MADV_COLLAPSE)"
+        }
+        #expect { try Sys.readFile("/nonexistent/execmem") } throws: { e in
+            guard let e = e as? SystemCallError else { return false }
+            return e.call == "open" && e.errno == .noSuchFileOrDirectory && e.detail == "/nonexistent/execmem"
+        }
+    }
+
+    @Test func memfdMappingsRoundTrip() throws {
+        let fd = try Sys.memfdCreate(name: "execmem-systest", flags: SysConst.mfdCloexec)
+        defer { Sys.close(fd: fd) }
+        try Sys.ftruncate(fd: fd, length: 8192)
+        let w = try Sys.mmap(length: 8192, protection: [.read, .write], flags: SysConst.mapShared, fd: fd)
+        let r = try Sys.mmap(length: 8192, protection: [.read], flags: SysConst.mapShared, fd: fd)
+        UnsafeMutableRawPointer(bitPattern: w)!.storeBytes(of: 0xDEAD_BEEF, as: UInt32.self)
+        #expect(UnsafeRawPointer(bitPattern: r)!.load(as: UInt32.self) == 0xDEAD_BEEF)
+        let maps = try ProcMaps.read()
+        #expect(maps.first { $0.start == r }?.protection == "r--")
+        #expect(maps.first { $0.start == w }?.protection == "rw-")
+        #expect(maps.first { $0.start == r }?.path.hasPrefix("/memfd:execmem-systest") == true)
+        try Sys.munmap(address: w, length: 8192)
+        try Sys.munmap(address: r, length: 8192)
+    }
+
+    @Test func parsesMapsAndSmaps() {
+        let maps = ProcMaps.parse("""
+        55d0c0a00000-55d0c0a21000 r-xp 00001000 fd:01 123  /usr/bin/execmem
+        7f00c0000000-7f00c0200000 rwxp 00000000 00:00 0
+        7f00c0200000-7f00c0400000 r-xs 00200000 00:01 1025                       /memfd:execmem-text (deleted)
+        """)
+        #expect(maps.count == 3)
+        #expect(maps[0].path == "/usr/bin/execmem" && maps[0].offset == 0x1000 && maps[0].inode == 123)
+        #expect(maps[1].isWritableAndExecutable && maps[1].path.isEmpty)
+        #expect(maps[2].path == "/memfd:execmem-text (deleted)" && maps[2].length == 2 << 20)
+        let smaps = Smaps.parse("""
+        7f00c0200000-7f00c0400000 r-xs 00200000 00:01 1025                       /memfd:execmem-text (deleted)
+        Size:               2048 kB
+        Rss:                2048 kB
+        ShmemPmdMapped:     2048 kB
+        VmFlags: rd ex sh mr mw me ms sd
+        7f00c0400000-7f00c0600000 r-xp 00000000 00:00 0
+        AnonHugePages:      1024 kB
+        """)
+        #expect(smaps.count == 2)
+        #expect(smaps[0]["ShmemPmdMapped"] == 2 << 20 && smaps[0].hugeMappedBytes == 2 << 20)
+        #expect(smaps[1].hugeMappedBytes == 1 << 20 && smaps[1].mapping.perms == "r-xp")
+    }
+
+    @Test func readsTheRealProcFiles() throws {
+        let maps = try ProcMaps.read()
+        #expect(!ProcMaps.executableImage(in: maps).isEmpty)
+        let smaps = try Smaps.read()
+        #expect(smaps.count >= maps.count / 2)
+        #expect(smaps.contains { $0["Rss"] > 0 })
+    }
+
+    @Test func membarrierQueryAnswers() throws {
+        let supported = try Sys.membarrier(command: SysConst.membarrierQuery, name: "QUERY")
+        #expect(supported >= 0)
+    }
+}

@@ -1,0 +1,52 @@
+// The chunk bitmap against a plain array of Bools, on random operations.
+
+@testable import ExecMem
+import Testing
+
+@Suite struct ChunkBitmapTests {
+    @Test func matchesAReferenceModel() {
+        var rng = SplitMix64(state: 42)
+        var bitmap = ChunkBitmap(count: 4096)
+        var model = [Bool](repeating: false, count: 4096)
+        var live: [(Int, Int)] = []
+        for _ in 0..<4_000 {
+            if rng.next() % 3 != 0 || live.isEmpty {
+                let length = Int(rng.next() % 70) + 1
+                let alignment = 1 << Int(rng.next() % 5)
+                let expected = (0...(4096 - length)).first { s in s % alignment == 0 && !model[s..<(s + length)].contains(true) }
+                let got = bitmap.findClearRun(length: length, alignment: alignment, from: 0)
+                #expect(got == expected)
+                if let s = got {
+                    bitmap.assign(true, start: s, length: length)
+                    for i in s..<(s + length) { model[i] = true }
+                    live.append((s, length))
+                }
+            } else {
+                let (s, length) = live.remove(at: Int(rng.next() % UInt64(live.count)))
+                bitmap.assign(false, start: s, length: length)
+                for i in s..<(s + length) { model[i] = false }
+            }
+        }
+        #expect(bitmap.population == model.filter { $0 }.count)
+        #expect((0..<4096).allSatisfy { bitmap[$0] == model[$0] })
+        var longest = 0, current = 0
+        for b in model { current = b ? 0 : current + 1; longest = max(longest, current) }
+        #expect(bitmap.longestClearRun == longest)
+    }
+
+    @Test func edges() {
+        var b = ChunkBitmap(count: 128)
+        #expect(b.findClearRun(length: 128, alignment: 1, from: 0) == 0)
+        #expect(b.findClearRun(length: 129, alignment: 1, from: 0) == nil)
+        b.assign(true, start: 63, length: 2)
+        #expect(b.firstSet(from: 0, limit: 128) == 63)
+        #expect(b.firstClear(from: 63) == 65)
+        #expect(b.findClearRun(length: 64, alignment: 1, from: 0) == nil)
+        #expect(b.findClearRun(length: 63, alignment: 1, from: 0) == 0)
+        #expect(b.findClearRun(length: 63, alignment: 1, from: 1) == 65)
+        #expect(b.longestClearRun == 63)
+        b.assign(true, start: 0, length: 128)
+        #expect(b.firstClear(from: 0) == 128)
+        #expect(b.findClearRun(length: 1, alignment: 1, from: 0) == nil)
+    }
+}
