@@ -1,5 +1,5 @@
 // A committed run of blocks and the allocations in it. A packed block (one 2 MiB block) holds small
-// allocations as runs of 64-byte chunks found in its bitmap; a large run (two or more blocks) holds
+// allocations as runs of 64-byte chunks, marked in its bitmap; a large run (two or more blocks) holds
 // exactly one allocation that starts at its base.
 //
 //   packed block, 2 MiB = 32,768 chunks of 64 B
@@ -26,10 +26,6 @@ final class Block {
     /// Allocations by first chunk.
     var records: [Int32: Record] = [:]
     var usedChunks = 0
-    /// No clear bit lies below this chunk.
-    var searchHint = 0
-    /// Smallest request that failed since the last free; larger ones skip this block.
-    var failedRequest = Int.max
     /// Write views currently open on this run (single writes and batches), and the view's address.
     var openCount = 0
     var openView: UInt = 0
@@ -58,24 +54,21 @@ final class Block {
     var isEmpty: Bool { records.isEmpty }
     var freeChunks: Int { chunkCount - usedChunks }
 
-    /// Finds and takes `chunks` chunks aligned to `alignment` chunks; nil when they do not fit.
-    func take(chunks: Int, alignment: Int) -> Int? {
-        guard !isLarge, chunks <= freeChunks, chunks < failedRequest else { return nil }
-        guard let start = bitmap.findClearRun(length: chunks, alignment: alignment, from: searchHint) else {
-            failedRequest = chunks
-            return nil
-        }
+    /// Marks chunks taken from a free extent.
+    func take(start: Int, chunks: Int) {
         bitmap.assign(true, start: start, length: chunks)
         usedChunks += chunks
-        if start == searchHint { searchHint = bitmap.firstClear(from: start + chunks) }
-        return start
     }
 
-    /// Returns chunks to the bitmap.
-    func give(start: Int, chunks: Int) {
-        if !isLarge { bitmap.assign(false, start: start, length: chunks) }
+    /// Returns chunks to the bitmap and the free extents, merged with free neighbours.
+    func give(start: Int, chunks: Int, to extents: inout FreeExtents) {
+        bitmap.assign(false, start: start, length: chunks)
         usedChunks -= chunks
-        searchHint = min(searchHint, start)
-        failedRequest = Int.max
+        let end = start + chunks
+        let left = start > 0 && !bitmap[start - 1] ? (bitmap.lastSet(before: start).map { $0 + 1 } ?? 0) : start
+        let right = end < chunkCount && !bitmap[end] ? (bitmap.firstSet(from: end, limit: chunkCount) ?? chunkCount) : end
+        if left < start { extents.remove(self, start: left) }
+        if right > end { extents.remove(self, start: end) }
+        extents.insert(self, start: left, length: right - left)
     }
 }

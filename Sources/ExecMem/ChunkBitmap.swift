@@ -33,6 +33,22 @@ struct ChunkBitmap {
         }
     }
 
+    /// Index of the last set bit below `before`, or nil.
+    func lastSet(before: Int) -> Int? {
+        guard before > 0 else { return nil }
+        return words.withUnsafeBufferPointer { w in
+            var i = (before - 1) >> 6
+            let keep = (before - 1) & 63
+            var word = w[i] & (keep == 63 ? ~0 : (UInt64(1) << UInt64(keep + 1)) - 1)
+            while true {
+                if word != 0 { return (i << 6) + 63 - word.leadingZeroBitCount }
+                if i == 0 { return nil }
+                i -= 1
+                word = w[i]
+            }
+        }
+    }
+
     /// Index of the first clear bit at or after `from`, or `count`.
     func firstClear(from: Int) -> Int {
         guard from < count else { return count }

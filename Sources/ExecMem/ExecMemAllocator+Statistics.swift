@@ -186,15 +186,24 @@ extension ExecMemAllocator {
                         if block.records.count != 1 || block.records[0] == nil { problems.append("\(where_): large run without its one allocation at the base") }
                     } else {
                         if block.bitmap.population != block.usedChunks { problems.append("\(where_): bitmap has \(block.bitmap.population) chunks set, usedChunks \(block.usedChunks)") }
-                        if block.bitmap.firstClear(from: 0) < block.searchHint { problems.append("\(where_): a free chunk lies below the search hint") }
-                        if !s.packed[block.range].contains(where: { $0 === block }) { problems.append("\(where_): packed block missing from the packed list") }
+                        var runs: [Int: Int] = [:]
+                        var i = block.bitmap.firstClear(from: 0)
+                        while i < block.chunkCount {
+                            let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
+                            runs[i] = end - i
+                            i = block.bitmap.firstClear(from: end)
+                        }
+                        var extents: [Int: Int] = [:]
+                        for e in s.free[block.range].all where e.block === block { extents[e.start] = e.length }
+                        if runs != extents { problems.append("\(where_): free extents \(extents.count) do not match the bitmap's \(runs.count) free runs") }
+                        for (start, length) in extents where s.free[block.range].length(block, start: start) != length {
+                            problems.append("\(where_): extent at chunk \(start) not found through the index")
+                        }
                         if deep && backend.hasMemory { problems += fillProblems(block, where_) }
                     }
                 }
-                for r in 0..<2 {
-                    let bases = s.packed[r].map(\.base)
-                    if bases != bases.sorted() { problems.append("\(arena.type): packed list \(r) out of address order") }
-                    if s.packed[r].contains(where: { s.blocks[$0.base] !== $0 }) { problems.append("\(arena.type): packed list \(r) holds a released block") }
+                for r in 0..<2 where s.free[r].all.contains(where: { s.blocks[$0.block.base] !== $0.block || $0.block.range != r }) {
+                    problems.append("\(arena.type): free extents of range \(r) name a released or misfiled block")
                 }
                 for kind in ExecMemKind.allCases {
                     let a = perKind[kind.rawValue], b = s.kinds[kind.rawValue]

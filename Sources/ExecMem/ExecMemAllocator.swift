@@ -34,8 +34,8 @@ public final class ExecMemAllocator: Sendable {
     struct ArenaState {
         /// Every run of this type, by base address.
         var blocks: [UInt: Block] = [:]
-        /// Packed blocks per range (0 primary, 1 fallback), in address order: first fit is lowest address.
-        var packed: [[Block]] = [[], []]
+        /// Free extents of packed blocks, per range (0 primary, 1 fallback).
+        var free = [FreeExtents(), FreeExtents()]
         var kinds = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
         var collapseFailures = 0
     }
@@ -107,13 +107,12 @@ public final class ExecMemAllocator: Sendable {
             let chunks = ((size + granule - 1) & ~(granule - 1)) >> ExecMemGeometry.chunkShift
             let alignChunks = align >> ExecMemGeometry.chunkShift
             for r in rangeOrder(k.ranges) {
-                for block in s.packed[r] {
-                    if let start = block.take(chunks: chunks, alignment: alignChunks) {
-                        return record(&s, block, start: start, chunks: chunks, size: size, kind: kind, id: id)
-                    }
+                var found = s.free[r].take(chunks: chunks, alignment: alignChunks)
+                if found == nil, try commitRun(&s, type: k.type, range: r, slots: 1) != nil {
+                    found = s.free[r].take(chunks: chunks, alignment: alignChunks)
                 }
-                if let block = try commitRun(&s, type: k.type, range: r, slots: 1) {
-                    let start = block.take(chunks: chunks, alignment: alignChunks)!
+                if let (block, start) = found {
+                    block.take(start: start, chunks: chunks)
                     return record(&s, block, start: start, chunks: chunks, size: size, kind: kind, id: id)
                 }
             }
@@ -193,10 +192,7 @@ public final class ExecMemAllocator: Sendable {
         }
         let block = Block(serial: serials.wrappingAdd(1, ordering: .relaxed).oldValue, range: r, slot: slot, run: run)
         s.blocks[block.base] = block
-        if slots == 1 {
-            let i = s.packed[r].firstIndex { $0.base > block.base } ?? s.packed[r].count
-            s.packed[r].insert(block, at: i)
-        }
+        if slots == 1 { s.free[r].insert(block, start: 0, length: block.chunkCount) }
         return block
     }
 
@@ -226,7 +222,7 @@ public final class ExecMemAllocator: Sendable {
                         .initializeMemory(as: UInt8.self, repeating: block.type.fillByte, count: chunks << ExecMemGeometry.chunkShift)
                 }
             }
-            block.give(start: start, chunks: chunks)
+            block.give(start: start, chunks: chunks, to: &s.free[block.range])
             if block.isEmpty { releaseSurplusEmptyBlocks(&s) }
         }
     }
@@ -319,7 +315,8 @@ public final class ExecMemAllocator: Sendable {
     /// Keeps `retainedEmptyBlocks` empty packed blocks per type; releases the rest, fallback and
     /// highest addresses first.
     private func releaseSurplusEmptyBlocks(_ s: inout ArenaState) {
-        let empty = (s.packed[1] + s.packed[0].reversed()).filter { $0.isEmpty && $0.openCount == 0 }
+        let empty = s.blocks.values.filter { !$0.isLarge && $0.isEmpty && $0.openCount == 0 }
+            .sorted { ($0.range, $0.base) > ($1.range, $1.base) }
         for block in empty.dropLast(configuration.retainedEmptyBlocks) { release(&s, block) }
     }
 
@@ -332,7 +329,7 @@ public final class ExecMemAllocator: Sendable {
         }
         block.live = false
         s.blocks[block.base] = nil
-        if !block.isLarge { s.packed[block.range].removeAll { $0 === block } }
+        if !block.isLarge { s.free[block.range].remove(block, start: 0) }
         backend.decommit(block.run)
         pool.withLock { $0.unclaim(range: block.range, slot: block.slot, count: block.run.length >> ExecMemGeometry.blockShift) }
     }

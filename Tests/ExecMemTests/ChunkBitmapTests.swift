@@ -28,6 +28,9 @@ import Testing
             }
         }
         #expect(bitmap.population == model.filter { $0 }.count)
+        for i in stride(from: 0, through: 4096, by: 37) {
+            #expect(bitmap.lastSet(before: i) == (0..<i).last { model[$0] }, "lastSet(before: \(i))")
+        }
         #expect((0..<4096).allSatisfy { bitmap[$0] == model[$0] })
         var longest = 0, current = 0
         for b in model { current = b ? 0 : current + 1; longest = max(longest, current) }
@@ -39,6 +42,7 @@ import Testing
         #expect(b.findClearRun(length: 128, alignment: 1, from: 0) == 0)
         #expect(b.findClearRun(length: 129, alignment: 1, from: 0) == nil)
         b.assign(true, start: 63, length: 2)
+        #expect(b.lastSet(before: 63) == nil && b.lastSet(before: 64) == 63 && b.lastSet(before: 128) == 64)
         #expect(b.firstSet(from: 0, limit: 128) == 63)
         #expect(b.firstClear(from: 63) == 65)
         #expect(b.findClearRun(length: 64, alignment: 1, from: 0) == nil)
@@ -48,5 +52,41 @@ import Testing
         b.assign(true, start: 0, length: 128)
         #expect(b.firstClear(from: 0) == 128)
         #expect(b.findClearRun(length: 1, alignment: 1, from: 0) == nil)
+    }
+}
+
+@Suite struct FreeExtentsTests {
+    /// Allocating and freeing through extents keeps exactly one extent per maximal free run.
+    @Test func extentsTrackTheBitmap() throws {
+        let run = CommittedRun(address: 0, length: ExecMemGeometry.blockSize, type: .text, hugeMapped: false)
+        let block = Block(serial: 1, range: 0, slot: 0, run: run)
+        var extents = FreeExtents()
+        extents.insert(block, start: 0, length: block.chunkCount)
+        var rng = SplitMix64(state: 5)
+        var live: [(Int, Int)] = []
+        for _ in 0..<5000 {
+            if rng.next() % 5 < 3 || live.isEmpty {
+                let n = Int(rng.next() % 300) + 1
+                let alignment = 1 << Int(rng.next() % 4)
+                guard let (b, start) = extents.take(chunks: n, alignment: alignment) else { continue }
+                #expect(b === block && start % alignment == 0)
+                #expect(block.bitmap.all(false, start: start, length: n))
+                block.take(start: start, chunks: n)
+                live.append((start, n))
+            } else {
+                let (start, n) = live.remove(at: Int(rng.next() % UInt64(live.count)))
+                block.give(start: start, chunks: n, to: &extents)
+            }
+        }
+        var runs = 0, i = block.bitmap.firstClear(from: 0)
+        while i < block.chunkCount {
+            let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
+            #expect(extents.length(block, start: i) == end - i)
+            runs += 1
+            i = block.bitmap.firstClear(from: end)
+        }
+        #expect(extents.count == runs)
+        for (start, n) in live { block.give(start: start, chunks: n, to: &extents) }
+        #expect(extents.count == 1 && extents.length(block, start: 0) == block.chunkCount)
     }
 }
