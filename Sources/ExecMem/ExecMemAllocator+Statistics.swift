@@ -85,39 +85,41 @@ extension ExecMemAllocator {
         var kinds: [KindStatistics] = []
         var runs: [[CommittedRun]] = []
         for arena in arenas {
-            arena.state.withLock { s in
-                var t = TypeStatistics(type: arena.type)
-                var free = 0
-                for block in s.blocks.values {
+            arena.withLock { s in
+                var t = TypeStatistics(type: s.type)
+                for id in s.committed {
+                    let block = s.blocks[id]!
                     t.blocks += block.run.length >> ExecMemGeometry.blockShift
                     t.reservedBytes += block.run.length
-                    t.allocations += block.records.count
+                    t.allocations += block.liveRecords
                     t.usedBytes += block.usedChunks << ExecMemGeometry.chunkShift
-                    t.requestedBytes += block.records.values.reduce(0) { $0 + $1.size }
-                    t.sealedAllocations += block.records.values.reduce(0) { $0 + ($1.sealed ? 1 : 0) }
+                    for (_, rec) in block.liveRecordList {
+                        t.requestedBytes += rec.size
+                        if rec.sealed { t.sealedAllocations += 1 }
+                    }
                     if block.isLarge {
                         t.largeRuns += 1
                     } else {
                         t.packedBlocks += 1
-                        free += block.freeChunks << ExecMemGeometry.chunkShift
-                        t.largestFreeRun = max(t.largestFreeRun, block.bitmap.longestClearRun << ExecMemGeometry.chunkShift)
+                        t.freeBytes += block.freeChunks << ExecMemGeometry.chunkShift
                     }
                 }
-                t.freeBytes = free
-                t.fragmentation = free == 0 ? 0 : 1 - Double(t.largestFreeRun) / Double(free)
+                for r in 0..<2 {
+                    for bin in s.bins[r] { for e in bin { t.largestFreeRun = max(t.largestFreeRun, Int(e.length) << ExecMemGeometry.chunkShift) } }
+                }
+                t.fragmentation = t.freeBytes == 0 ? 0 : 1 - Double(t.largestFreeRun) / Double(t.freeBytes)
                 t.collapseFailures = s.collapseFailures
                 types.append(t)
-                runs.append(s.blocks.values.map(\.run))
-                for kind in ExecMemKind.allCases where configuration.range(for: kind).type == arena.type {
+                runs.append(s.committed.map { s.blocks[$0]!.run })
+                for kind in ExecMemKind.allCases where configuration.range(for: kind).type == s.type {
                     let c = s.kinds[kind.rawValue]
-                    kinds.append(KindStatistics(kind: kind, type: arena.type, allocations: c.allocations,
+                    kinds.append(KindStatistics(kind: kind, type: s.type, allocations: c.allocations,
                                                 requestedBytes: c.requestedBytes, usedBytes: c.usedBytes))
                 }
             }
         }
         if readBack {
-            let all = runs.flatMap { $0 }
-            let huge = backend.hugeMappedBytes(of: all)
+            let huge = backend.hugeMappedBytes(of: runs.flatMap { $0 })
             var i = 0
             for (t, typeRuns) in runs.enumerated() {
                 types[t].hugeMappedBytes = huge[i..<(i + typeRuns.count)].reduce(0, +)
@@ -151,67 +153,7 @@ extension ExecMemAllocator {
         var owned: [(range: Int, slot: Int, count: Int, type: ExecMemType)] = []
         var ids = Set<UInt64>()
         for arena in arenas {
-            arena.state.withLock { s in
-                var perKind = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
-                for (base, block) in s.blocks {
-                    let where_ = "\(arena.type) block \(hexAddress(base))"
-                    if base != block.base || block.type != arena.type || !block.live { problems.append("\(where_): misfiled") }
-                    if block.openCount != 0 { problems.append("\(where_): \(block.openCount) write views left open") }
-                    owned.append((block.range, block.slot, block.run.length >> ExecMemGeometry.blockShift, arena.type))
-                    var covered = 0
-                    var spans: [(Int, Int)] = []
-                    for (start, rec) in block.records {
-                        if !ids.insert(rec.id).inserted { problems.append("\(where_): id \(rec.id) appears twice") }
-                        let st = Int(start), n = Int(rec.chunks)
-                        spans.append((st, n))
-                        covered += n
-                        if rec.size > n << ExecMemGeometry.chunkShift || rec.size <= 0 { problems.append("\(where_): record at chunk \(st) has size \(rec.size) for \(n) chunks") }
-                        if st + n > block.chunkCount { problems.append("\(where_): record at chunk \(st) runs past the block") }
-                        if !block.isLarge && !block.bitmap.all(true, start: st, length: n) { problems.append("\(where_): record at chunk \(st) not marked in the bitmap") }
-                        if configuration.range(for: rec.kind).type != arena.type { problems.append("\(where_): \(rec.kind) record in a \(arena.type) block") }
-                        perKind[rec.kind.rawValue].allocations += 1
-                        perKind[rec.kind.rawValue].requestedBytes += rec.size
-                        perKind[rec.kind.rawValue].usedBytes += n << ExecMemGeometry.chunkShift
-                        if rec.sealed && arena.type != .roAfterInit { problems.append("\(where_): sealed \(arena.type) record") }
-                        if (st << ExecMemGeometry.chunkShift) % arena.type.granule != 0 || (n << ExecMemGeometry.chunkShift) % arena.type.granule != 0 {
-                            problems.append("\(where_): record at chunk \(st) is not whole \(arena.type.granule)-byte granules")
-                        }
-                    }
-                    spans.sort { $0.0 < $1.0 }
-                    for (a, b) in zip(spans, spans.dropFirst()) where a.0 + a.1 > b.0 {
-                        problems.append("\(where_): records at chunks \(a.0) and \(b.0) overlap")
-                    }
-                    if covered != block.usedChunks { problems.append("\(where_): usedChunks \(block.usedChunks), records cover \(covered)") }
-                    if block.isLarge {
-                        if block.records.count != 1 || block.records[0] == nil { problems.append("\(where_): large run without its one allocation at the base") }
-                    } else {
-                        if block.bitmap.population != block.usedChunks { problems.append("\(where_): bitmap has \(block.bitmap.population) chunks set, usedChunks \(block.usedChunks)") }
-                        var runs: [Int: Int] = [:]
-                        var i = block.bitmap.firstClear(from: 0)
-                        while i < block.chunkCount {
-                            let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
-                            runs[i] = end - i
-                            i = block.bitmap.firstClear(from: end)
-                        }
-                        var extents: [Int: Int] = [:]
-                        for e in s.free[block.range].all where e.block === block { extents[e.start] = e.length }
-                        if runs != extents { problems.append("\(where_): free extents \(extents.count) do not match the bitmap's \(runs.count) free runs") }
-                        for (start, length) in extents where s.free[block.range].length(block, start: start) != length {
-                            problems.append("\(where_): extent at chunk \(start) not found through the index")
-                        }
-                        if deep && backend.hasMemory { problems += fillProblems(block, where_) }
-                    }
-                }
-                for r in 0..<2 where s.free[r].all.contains(where: { s.blocks[$0.block.base] !== $0.block || $0.block.range != r }) {
-                    problems.append("\(arena.type): free extents of range \(r) name a released or misfiled block")
-                }
-                for kind in ExecMemKind.allCases {
-                    let a = perKind[kind.rawValue], b = s.kinds[kind.rawValue]
-                    if a.allocations != b.allocations || a.requestedBytes != b.requestedBytes || a.usedBytes != b.usedBytes {
-                        problems.append("\(kind): counters \(b) do not match records \(a)")
-                    }
-                }
-            }
+            arena.withLock { s in problems += check(s, deep: deep, owned: &owned, ids: &ids) }
         }
         pool.withLock { p in
             var expected = p.ranges.map { [UInt8](repeating: 0, count: $0.slots.count) }
@@ -228,8 +170,73 @@ extension ExecMemAllocator {
         return problems
     }
 
-    /// Free chunks of `block` that do not hold the type's fill byte.
-    private func fillProblems(_ block: Block, _ where_: String) -> [String] {
+    private func check(_ s: ArenaState, deep: Bool, owned: inout [(range: Int, slot: Int, count: Int, type: ExecMemType)],
+                       ids: inout Set<UInt64>) -> [String] {
+        var problems: [String] = []
+        var perKind = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
+        var extentCount = 0
+        for id in s.committed {
+            guard let block = s.blocks[id] else { problems.append("\(s.type): committed id \(id) has no block"); continue }
+            let where_ = "\(s.type) block \(hexAddress(block.base))"
+            let slots = block.run.length >> ExecMemGeometry.blockShift
+            if block.id != id || block.type != s.type || s.rangeBase[block.range] + UInt(block.slot << ExecMemGeometry.blockShift) != block.base {
+                problems.append("\(where_): misfiled")
+            }
+            if (id..<(id + slots)).contains(where: { s.owner[$0] != Int32(id) }) { problems.append("\(where_): owner table disagrees") }
+            if block.openCount != 0 || block.openView != 0 { problems.append("\(where_): \(block.openCount) write views left open") }
+            owned.append((block.range, block.slot, slots, s.type))
+            var covered = 0
+            let records = block.liveRecordList
+            if records.count != block.liveRecords { problems.append("\(where_): \(records.count) records found, \(block.liveRecords) counted") }
+            for (st, rec) in records {
+                let n = Int(rec.chunks)
+                covered += n
+                if !ids.insert(rec.id).inserted { problems.append("\(where_): id \(rec.id) appears twice") }
+                if !s.issued(rec.id) { problems.append("\(where_): chunk \(st) is set without a record of this arena") }
+                if rec.size > n << ExecMemGeometry.chunkShift || rec.size <= 0 { problems.append("\(where_): record at chunk \(st) has size \(rec.size) for \(n) chunks") }
+                if st + n > block.chunkCount { problems.append("\(where_): record at chunk \(st) runs past the block") }
+                if !block.isLarge && !block.bitmap.all(true, start: st, length: min(n, block.chunkCount - st)) { problems.append("\(where_): record at chunk \(st) not marked in the bitmap") }
+                if configuration.range(for: rec.kind).type != s.type { problems.append("\(where_): \(rec.kind) record in a \(s.type) block") }
+                if rec.sealed && s.type != .roAfterInit { problems.append("\(where_): sealed \(s.type) record") }
+                if (st << ExecMemGeometry.chunkShift) % s.type.granule != 0 || (n << ExecMemGeometry.chunkShift) % s.type.granule != 0 {
+                    problems.append("\(where_): record at chunk \(st) is not whole \(s.type.granule)-byte granules")
+                }
+                perKind[rec.kind.rawValue].allocations += 1
+                perKind[rec.kind.rawValue].requestedBytes += rec.size
+                perKind[rec.kind.rawValue].usedBytes += n << ExecMemGeometry.chunkShift
+            }
+            if covered != block.usedChunks { problems.append("\(where_): usedChunks \(block.usedChunks), records cover \(covered)") }
+            if block.isLarge {
+                if block.liveRecords != 1 { problems.append("\(where_): large run without its one allocation") }
+                continue
+            }
+            if block.bitmap.population != block.usedChunks { problems.append("\(where_): bitmap has \(block.bitmap.population) chunks set, usedChunks \(block.usedChunks)") }
+            // Each maximal free run is one extent, found through `meta` at its start.
+            var i = block.bitmap.firstClear(from: 0)
+            while i < block.chunkCount {
+                let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
+                let m = block.meta[i]
+                let b = Int(m >> ArenaState.binShift & 0xF), p = Int(m & ArenaState.positionMask)
+                if m & ArenaState.extentTag == 0 || p >= s.bins[block.range][b].count
+                    || s.bins[block.range][b][p].block != Int32(id) || s.bins[block.range][b][p].start != Int32(i)
+                    || Int(s.bins[block.range][b][p].length) != end - i || ArenaState.bin(end - i) != b {
+                    problems.append("\(where_): free run at chunk \(i) (\(end - i) chunks) has no matching extent")
+                }
+                extentCount += 1
+                i = block.bitmap.firstClear(from: end)
+            }
+            if deep && backend.hasMemory { problems += fillProblems(block, where_) }
+        }
+        let binned = s.bins.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } }
+        if binned != extentCount { problems.append("\(s.type): \(binned) extents binned, \(extentCount) free runs") }
+        for kind in ExecMemKind.allCases where perKind[kind.rawValue] != s.kinds[kind.rawValue] {
+            problems.append("\(kind): counters \(s.kinds[kind.rawValue]) do not match records \(perKind[kind.rawValue])")
+        }
+        return problems
+    }
+
+    /// Free chunks of a packed block that do not hold the type's fill byte.
+    private func fillProblems(_ block: BlockState, _ where_: String) -> [String] {
         let bytes = UnsafeRawPointer(bitPattern: block.base)!.assumingMemoryBound(to: UInt8.self)
         let fill = block.type.fillByte
         var i = block.bitmap.firstClear(from: 0)

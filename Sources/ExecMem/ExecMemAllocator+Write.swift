@@ -12,29 +12,28 @@ import Synchronization
 extension ExecMemAllocator {
     // MARK: - Views
 
-    /// Runs `body` with the address of a writable view of `block`'s whole run. Under the arena lock.
-    @discardableResult
-    func withView<R>(_ block: Block, _ body: (UInt) throws(ExecMemError) -> R) throws(ExecMemError) -> R {
-        let view = try acquireView(block)
-        defer { releaseView(block) }
-        return try body(view)
+    /// Runs `body` with the address of a writable view of block `id`'s whole run. Under the arena lock.
+    func withView(_ s: inout ArenaState, _ id: Int, _ body: (UInt) -> Void) throws(ExecMemError) {
+        let view = try acquireView(&s, id)
+        body(view)
+        releaseView(&s, id)
     }
 
-    func acquireView(_ block: Block) throws(ExecMemError) -> UInt {
-        if block.openCount == 0 {
-            guard let view = try backend.openWriteView(block.run) else { return 0 }
-            block.openView = view
+    func acquireView(_ s: inout ArenaState, _ id: Int) throws(ExecMemError) -> UInt {
+        if s.blocks[id]!.openCount == 0 {
+            guard let view = try backend.openWriteView(s.blocks[id]!.run) else { return 0 }
+            s.blocks[id]!.openView = view
         }
-        block.openCount += 1
-        return block.openView
+        s.blocks[id]!.openCount += 1
+        return s.blocks[id]!.openView
     }
 
-    func releaseView(_ block: Block) {
-        guard block.openCount > 0 else { return }
-        block.openCount -= 1
-        if block.openCount == 0 {
-            backend.closeWriteView(block.run, view: block.openView)
-            block.openView = 0
+    func releaseView(_ s: inout ArenaState, _ id: Int) {
+        guard s.blocks[id]!.openCount > 0 else { return }
+        s.blocks[id]!.openCount -= 1
+        if s.blocks[id]!.openCount == 0 {
+            backend.closeWriteView(s.blocks[id]!.run, view: s.blocks[id]!.openView)
+            s.blocks[id]!.openView = 0
         }
     }
 
@@ -71,27 +70,28 @@ extension ExecMemAllocator {
         guard offset >= 0, count >= 0, offset <= a.size, count <= a.size - offset else {
             throw .outOfBounds(address: a.address, offset: offset, count: count, size: a.size)
         }
-        try arenas[a.type.rawValue].state.withLock { (s) throws(ExecMemError) in
-            let (block, start) = try liveRecord(s, a)
-            if block.records[Int32(start)]!.sealed { throw .sealed(address: a.address, id: a.id) }
+        try arenas[a.type.rawValue].withLock { (s) throws(ExecMemError) in
+            let (id, _, slot) = try liveRecord(s, a)
+            if s.blocks[id]!.records[slot].sealed { throw .sealed(address: a.address, id: a.id) }
             guard count > 0, backend.hasMemory else { return }
             let view: UInt
+            let serial = s.blocks[id]!.serial
             if let batch {
-                if batch.openSerial(at: block.base) == block.serial {
-                    view = block.openView
+                if batch.openSerial(at: id) == serial {
+                    view = s.blocks[id]!.openView
                 } else {
-                    view = try acquireView(block)
-                    batch.remember(base: block.base, serial: block.serial, type: block.type)
+                    view = try acquireView(&s, id)
+                    batch.remember(id: id, serial: serial, type: s.type)
                 }
             } else {
-                view = try acquireView(block)
+                view = try acquireView(&s, id)
             }
-            defer { if batch == nil { releaseView(block) } }
-            let dest = UnsafeMutableRawPointer(bitPattern: view + (a.address - block.base) + UInt(offset))!
+            let dest = UnsafeMutableRawPointer(bitPattern: view + (a.address - s.blocks[id]!.base) + UInt(offset))!
             switch op {
             case let .copy(from): dest.copyMemory(from: UnsafeRawPointer(bitPattern: from)!, byteCount: count)
             case let .fill(byte): dest.initializeMemory(as: UInt8.self, repeating: byte, count: count)
             }
+            if batch == nil { releaseView(&s, id) }
         }
     }
 
@@ -111,18 +111,18 @@ extension ExecMemAllocator {
         guard allocation.type == .roAfterInit else {
             throw .notSealable(address: allocation.address, type: allocation.type)
         }
-        try arenas[allocation.type.rawValue].state.withLock { (s) throws(ExecMemError) in
-            let (block, start) = try liveRecord(s, allocation)
-            guard !block.records[Int32(start)]!.sealed else { return }
-            try backend.protect(block.run, offset: start << ExecMemGeometry.chunkShift, length: allocation.capacity, .readOnly)
-            block.records[Int32(start)]!.sealed = true
+        try arenas[allocation.type.rawValue].withLock { (s) throws(ExecMemError) in
+            let (id, start, slot) = try liveRecord(s, allocation)
+            guard !s.blocks[id]!.records[slot].sealed else { return }
+            try backend.protect(s.blocks[id]!.run, offset: start << ExecMemGeometry.chunkShift, length: allocation.capacity, .readOnly)
+            s.blocks[id]!.records[slot].sealed = true
         }
     }
 
     /// Whether `allocation` is live and sealed.
     public func isSealed(_ allocation: Allocation) -> Bool {
-        arenas[allocation.type.rawValue].state.withLock { s in
-            (try? liveRecord(s, allocation)).map { $0.0.records[Int32($0.1)]!.sealed } ?? false
+        arenas[allocation.type.rawValue].withLock { s in
+            (try? liveRecord(s, allocation)).map { s.blocks[$0.0]!.records[$0.2].sealed } ?? false
         }
     }
 
@@ -138,8 +138,8 @@ extension ExecMemAllocator {
 /// A set of writes that share write views; see `ExecMemAllocator.writeBatch`.
 public final class WriteBatch: Sendable {
     let allocator: ExecMemAllocator
-    /// Views opened by this batch: run base -> (block serial, type).
-    private let open = Mutex<[UInt: (serial: UInt64, type: ExecMemType)]>([:])
+    /// Views this batch holds open: block id -> (block serial, type).
+    private let open = Mutex<[Int: (serial: UInt64, type: ExecMemType)]>([:])
 
     init(allocator: ExecMemAllocator) { self.allocator = allocator }
 
@@ -151,17 +151,17 @@ public final class WriteBatch: Sendable {
         try allocator.write(bytes, to: allocation, at: offset, batch: self)
     }
 
-    /// The serial of the run at `base` this batch holds a view of, if any.
-    func openSerial(at base: UInt) -> UInt64? { open.withLock { $0[base]?.serial } }
+    /// The serial of block `id` as it was when this batch opened a view of it, if it did.
+    func openSerial(at id: Int) -> UInt64? { open.withLock { $0[id]?.serial } }
 
-    func remember(base: UInt, serial: UInt64, type: ExecMemType) { open.withLock { $0[base] = (serial, type) } }
+    func remember(id: Int, serial: UInt64, type: ExecMemType) { open.withLock { $0[id] = (serial, type) } }
 
     func close() {
         let views = open.withLock { o in defer { o.removeAll() }; return o }
-        for (base, o) in views {
-            allocator.arenas[o.type.rawValue].state.withLock { s in
+        for (id, o) in views {
+            allocator.arenas[o.type.rawValue].withLock { s in
                 // A run released during the batch already had its view closed.
-                if let block = s.blocks[base], block.serial == o.serial { allocator.releaseView(block) }
+                if s.blocks[id]?.serial == o.serial { allocator.releaseView(&s, id) }
             }
         }
     }

@@ -20,30 +20,16 @@ public final class ExecMemAllocator: Sendable {
 
     let arenas: [Arena]
     let pool: Mutex<Pool>
-    let serials = Atomic<UInt64>(1)
 
+    /// One type's state behind its lock.
     final class Arena: Sendable {
-        let type: ExecMemType
         let state: Mutex<ArenaState>
-        init(type: ExecMemType) {
-            self.type = type
-            state = Mutex(ArenaState())
+        init(_ s: sending ArenaState) { state = Mutex(s) }
+
+        @inline(__always)
+        func withLock<R, E: Error>(_ body: (inout sending ArenaState) throws(E) -> sending R) throws(E) -> sending R {
+            try state.withLock(body)
         }
-    }
-
-    struct ArenaState {
-        /// Every run of this type, by base address.
-        var blocks: [UInt: Block] = [:]
-        /// Free extents of packed blocks, per range (0 primary, 1 fallback).
-        var free = [FreeExtents(), FreeExtents()]
-        var kinds = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
-        var collapseFailures = 0
-    }
-
-    struct KindCounters {
-        var allocations = 0
-        var requestedBytes = 0
-        var usedBytes = 0
     }
 
     /// Reserves the primary range (nothing is committed yet).
@@ -60,14 +46,18 @@ public final class ExecMemAllocator: Sendable {
         primarySize = configuration.rangeSize
         hostImage = HostImage.current()
         pool = Mutex(Pool(ranges: [RangeState(index: 0, base: placed.base, size: configuration.rangeSize, note: placed.note)]))
-        arenas = ExecMemType.allCases.map { Arena(type: $0) }
+        arenas = ExecMemType.allCases.map { t in
+            var s = ArenaState(type: t)
+            s.rangeBase[0] = placed.base
+            return Arena(s)
+        }
         Membarrier.register()
     }
 
     deinit {
         for arena in arenas {
-            arena.state.withLock { s in
-                for block in s.blocks.values { backend.decommit(block.run) }
+            arena.withLock { s in
+                for id in s.committed { backend.decommit(s.blocks[id]!.run) }
             }
         }
         pool.withLock { p in for r in p.ranges { backend.release(base: r.base, size: r.size) } }
@@ -86,7 +76,8 @@ public final class ExecMemAllocator: Sendable {
     /// Allocates `size` bytes for `kind` (execmem_alloc). Text comes back filled with `int3`, every
     /// other type zeroed.
     ///
-    /// - Parameter alignment: a power of two up to 2 MiB; the kind's alignment and 64 B are minimums.
+    /// - Parameter alignment: a power of two up to 2 MiB; the kind's alignment and the type's granule
+    ///   (64 B, or 4 KiB for ro-after-init) are minimums.
     public func allocate(_ kind: ExecMemKind, size: Int, alignment: Int = 1) throws(ExecMemError) -> Allocation {
         let k = configuration.range(for: kind)
         if size <= 0 { throw .badSize(size: size, kind: kind, reason: "sizes start at 1 byte") }
@@ -98,49 +89,45 @@ public final class ExecMemAllocator: Sendable {
         }
         let granule = k.type.granule
         let align = max(alignment, k.alignment, granule)
-        let arena = arenas[k.type.rawValue]
-        let id = serials.wrappingAdd(1, ordering: .relaxed).oldValue
-        return try arena.state.withLock { (s) throws(ExecMemError) -> Allocation in
+        return try arenas[k.type.rawValue].withLock { (s) throws(ExecMemError) -> Allocation in
             if size > ExecMemGeometry.blockSize {
-                return try allocateLarge(&s, kind: kind, type: k.type, size: size, ranges: k.ranges, id: id)
+                return try allocateLarge(&s, kind: kind, size: size, ranges: k.ranges)
             }
             let chunks = ((size + granule - 1) & ~(granule - 1)) >> ExecMemGeometry.chunkShift
             let alignChunks = align >> ExecMemGeometry.chunkShift
             for r in rangeOrder(k.ranges) {
-                var found = s.free[r].take(chunks: chunks, alignment: alignChunks)
-                if found == nil, try commitRun(&s, type: k.type, range: r, slots: 1) != nil {
-                    found = s.free[r].take(chunks: chunks, alignment: alignChunks)
+                var found = s.takeChunks(chunks, alignment: alignChunks, range: r)
+                if found == nil, try commitRun(&s, range: r, slots: 1) != nil {
+                    found = s.takeChunks(chunks, alignment: alignChunks, range: r)
                 }
-                if let (block, start) = found {
-                    block.take(start: start, chunks: chunks)
-                    return record(&s, block, start: start, chunks: chunks, size: size, kind: kind, id: id)
+                if let (id, start) = found {
+                    return record(&s, id, start: start, chunks: chunks, size: size, kind: kind)
                 }
             }
             throw .rangeExhausted(kind: kind, type: k.type, size: size, ranges: rangeNames(k.ranges))
         }
     }
 
-    private func allocateLarge(_ s: inout ArenaState, kind: ExecMemKind, type: ExecMemType, size: Int,
-                               ranges: RangeChoice, id: UInt64) throws(ExecMemError) -> Allocation {
+    private func allocateLarge(_ s: inout ArenaState, kind: ExecMemKind, size: Int, ranges: RangeChoice) throws(ExecMemError) -> Allocation {
         let slots = (size + ExecMemGeometry.blockSize - 1) >> ExecMemGeometry.blockShift
         for r in rangeOrder(ranges) {
-            if let block = try commitRun(&s, type: type, range: r, slots: slots) {
-                block.usedChunks = block.chunkCount
-                return record(&s, block, start: 0, chunks: block.chunkCount, size: size, kind: kind, id: id)
+            if let id = try commitRun(&s, range: r, slots: slots) {
+                s.blocks[id]!.usedChunks = s.blocks[id]!.chunkCount
+                return record(&s, id, start: 0, chunks: s.blocks[id]!.chunkCount, size: size, kind: kind)
             }
         }
-        throw .rangeExhausted(kind: kind, type: type, size: size, ranges: rangeNames(ranges))
+        throw .rangeExhausted(kind: kind, type: s.type, size: size, ranges: rangeNames(ranges))
     }
 
-    private func record(_ s: inout ArenaState, _ block: Block, start: Int, chunks: Int, size: Int,
-                        kind: ExecMemKind, id: UInt64) -> Allocation {
-        block.records[Int32(start)] = Block.Record(id: id, chunks: Int32(chunks), size: size, kind: kind, sealed: false)
+    private func record(_ s: inout ArenaState, _ id: Int, start: Int, chunks: Int, size: Int, kind: ExecMemKind) -> Allocation {
+        let allocationID = s.newAllocationID()
+        s.addRecord(id, start: start, BlockRecord(id: allocationID, size: size, chunks: Int32(chunks), kind: kind, sealed: false))
         let capacity = chunks << ExecMemGeometry.chunkShift
         s.kinds[kind.rawValue].allocations += 1
         s.kinds[kind.rawValue].requestedBytes += size
         s.kinds[kind.rawValue].usedBytes += capacity
-        return Allocation(address: block.base + UInt(start << ExecMemGeometry.chunkShift), size: size,
-                          capacity: capacity, kind: kind, type: block.type, id: id)
+        return Allocation(address: s.blocks[id]!.base + UInt(start << ExecMemGeometry.chunkShift), size: size,
+                          capacity: capacity, kind: kind, type: s.type, id: allocationID)
     }
 
     private func rangeOrder(_ choice: RangeChoice) -> [Int] {
@@ -156,11 +143,12 @@ public final class ExecMemAllocator: Sendable {
             .joined(separator: " and ")
     }
 
-    /// Claims slots and commits a run; nil when the range has no room.
-    private func commitRun(_ s: inout ArenaState, type: ExecMemType, range r: Int, slots: Int) throws(ExecMemError) -> Block? {
-        let claim: Result<(RangeState, Int)?, ExecMemError> = pool.withLock { p in
+    /// Claims slots and commits a run; returns its id, or nil when the range has no room.
+    private func commitRun(_ s: inout ArenaState, range r: Int, slots: Int) throws(ExecMemError) -> Int? {
+        let type = s.type
+        let claim: (RangeState, Int)? = pool.withLock { p in
             if r == 1 && p.ranges.count == 1 {
-                if p.fallbackFailed != nil { return .success(nil) }
+                if p.fallbackFailed != nil { return nil }
                 var rng: any RandomNumberGenerator = configuration.randomSeed.map { SplitMix64(state: $0 &+ 1) } ?? SystemRandomNumberGenerator()
                 do throws(ExecMemError) {
                     let placed = try RangePlacer.place(size: configuration.fallbackSize, placement: configuration.fallbackPlacement,
@@ -170,13 +158,13 @@ public final class ExecMemAllocator: Sendable {
                 } catch {
                     p.fallbackFailed = error.description
                     p.notes.append("fallback range unavailable: \(error)")
-                    return .success(nil)
+                    return nil
                 }
             }
-            guard let slot = p.claim(range: r, type: type, count: slots, layout: configuration.layout) else { return .success(nil) }
-            return .success((p.ranges[r], slot))
+            guard let slot = p.claim(range: r, type: type, count: slots, layout: configuration.layout) else { return nil }
+            return (p.ranges[r], slot)
         }
-        guard let (range, slot) = try claim.get() else { return nil }
+        guard let (range, slot) = claim else { return nil }
         let run: CommittedRun
         do throws(ExecMemError) {
             run = try backend.commit(rangeBase: range.base, rangeSize: range.size,
@@ -186,14 +174,18 @@ public final class ExecMemAllocator: Sendable {
             pool.withLock { $0.unclaim(range: r, slot: slot, count: slots) }
             throw error
         }
-        if !run.hugeMapped, let note = run.note {
+        if !run.hugeMapped && type.wantsHugePages, let note = run.note {
             s.collapseFailures += 1
             if s.collapseFailures == 1 { pool.withLock { $0.notes.append("\(type) at \(hexAddress(run.address)): \(note)") } }
         }
-        let block = Block(serial: serials.wrappingAdd(1, ordering: .relaxed).oldValue, range: r, slot: slot, run: run)
-        s.blocks[block.base] = block
-        if slots == 1 { s.free[r].insert(block, start: 0, length: block.chunkCount) }
-        return block
+        let id = r * ArenaState.slotsPerRange + slot
+        s.rangeBase[r] = range.base
+        s.blocks[id] = BlockState(id: id, serial: s.nextSerial, run: run)
+        s.nextSerial += 1
+        for k in id..<(id + slots) { s.owner[k] = Int32(id) }
+        s.committed.insert(id)
+        if slots == 1 { s.insertExtent(id, start: 0, length: s.blocks[id]!.chunkCount) }
+        return id
     }
 
     // MARK: - Free
@@ -201,29 +193,28 @@ public final class ExecMemAllocator: Sendable {
     /// Frees an allocation (execmem_free). Text is refilled with `int3`, other types zeroed. A handle
     /// that is no longer live is a double free; an address never handed out is a foreign pointer.
     public func free(_ allocation: Allocation) throws(ExecMemError) {
-        try arenas[allocation.type.rawValue].state.withLock { (s) throws(ExecMemError) in
-            let (block, start) = try liveRecord(s, allocation)
-            let rec = block.records.removeValue(forKey: Int32(start))!
+        try arenas[allocation.type.rawValue].withLock { (s) throws(ExecMemError) in
+            let (id, start, _) = try liveRecord(s, allocation)
+            let rec = s.removeRecord(id, start: start)
             let chunks = Int(rec.chunks)
-            if rec.sealed {
-                try backend.protect(block.run, offset: start << ExecMemGeometry.chunkShift,
-                                    length: chunks << ExecMemGeometry.chunkShift, .readWrite)
-            }
+            let bytes = chunks << ExecMemGeometry.chunkShift
             s.kinds[rec.kind.rawValue].allocations -= 1
             s.kinds[rec.kind.rawValue].requestedBytes -= rec.size
-            s.kinds[rec.kind.rawValue].usedBytes -= chunks << ExecMemGeometry.chunkShift
-            if block.isLarge {
-                release(&s, block)
+            s.kinds[rec.kind.rawValue].usedBytes -= bytes
+            if s.blocks[id]!.isLarge {
+                release(&s, id)
                 return
             }
+            let offset = start << ExecMemGeometry.chunkShift
+            if rec.sealed { try backend.protect(s.blocks[id]!.run, offset: offset, length: bytes, .readWrite) }
             if backend.hasMemory {
-                try withView(block) { (view) throws(ExecMemError) in
-                    UnsafeMutableRawPointer(bitPattern: view + UInt(start << ExecMemGeometry.chunkShift))!
-                        .initializeMemory(as: UInt8.self, repeating: block.type.fillByte, count: chunks << ExecMemGeometry.chunkShift)
+                let fill = s.type.fillByte
+                try withView(&s, id) { view in
+                    UnsafeMutableRawPointer(bitPattern: view + UInt(offset))!.initializeMemory(as: UInt8.self, repeating: fill, count: bytes)
                 }
             }
-            block.give(start: start, chunks: chunks, to: &s.free[block.range])
-            if block.isEmpty { releaseSurplusEmptyBlocks(&s) }
+            s.giveChunks(id, start: start, chunks: chunks)
+            if s.blocks[id]!.isEmpty { releaseSurplusEmptyBlocks(&s) }
         }
     }
 
@@ -234,10 +225,10 @@ public final class ExecMemAllocator: Sendable {
             throw .foreignPointer(address: address, reason: inAnyRange(address)
                 ? "inside the range, but not in a committed block" : "outside every ExecMem range")
         }
-        let chunkFree = arenas[type.rawValue].state.withLock { s -> Bool in
-            guard let block = runCovering(s, address), !block.isLarge else { return false }
-            let offset = Int(address - block.base)
-            return offset & (ExecMemGeometry.chunkSize - 1) == 0 && !block.bitmap[offset >> ExecMemGeometry.chunkShift]
+        let chunkFree = arenas[type.rawValue].withLock { s -> Bool in
+            guard let id = s.blockID(covering: address), !s.blocks[id]!.isLarge else { return false }
+            let offset = Int(address - s.blocks[id]!.base)
+            return offset & (ExecMemGeometry.chunkSize - 1) == 0 && !s.blocks[id]!.bitmap[offset >> ExecMemGeometry.chunkShift]
         }
         if chunkFree { throw .doubleFree(address: address, kind: .moduleText, id: 0) }
         throw .foreignPointer(address: address, reason: "not the start of a live \(type) allocation")
@@ -246,11 +237,13 @@ public final class ExecMemAllocator: Sendable {
     /// The live allocation that starts at `address`, if any.
     public func allocation(at address: UInt) -> Allocation? {
         guard let type = typeOfSlot(address) else { return nil }
-        return arenas[type.rawValue].state.withLock { s -> Allocation? in
-            guard let block = runCovering(s, address) else { return nil }
+        return arenas[type.rawValue].withLock { s -> Allocation? in
+            guard let id = s.blockID(covering: address) else { return nil }
+            let block = s.blocks[id]!
             let offset = Int(address - block.base)
             guard offset & (ExecMemGeometry.chunkSize - 1) == 0,
-                  let rec = block.records[Int32(offset >> ExecMemGeometry.chunkShift)] else { return nil }
+                  let slot = block.recordSlot(at: offset >> ExecMemGeometry.chunkShift) else { return nil }
+            let rec = block.records[slot]
             return Allocation(address: address, size: rec.size, capacity: Int(rec.chunks) << ExecMemGeometry.chunkShift,
                               kind: rec.kind, type: type, id: rec.id)
         }
@@ -265,48 +258,34 @@ public final class ExecMemAllocator: Sendable {
         }
     }
 
-    /// The run of this arena that covers `address`: a packed block starts at the address's block
-    /// base, a large run at or below it.
-    func runCovering(_ s: ArenaState, _ address: UInt) -> Block? {
-        var base = address & ~ExecMemGeometry.blockMask
-        for _ in 0..<(ExecMemGeometry.maxRangeSize >> ExecMemGeometry.blockShift) {
-            if let block = s.blocks[base] {
-                return address < block.base + UInt(block.run.length) ? block : nil
-            }
-            guard base >= UInt(ExecMemGeometry.blockSize) else { return nil }
-            base -= UInt(ExecMemGeometry.blockSize)
-        }
-        return nil
-    }
-
     func inAnyRange(_ address: UInt) -> Bool {
         pool.withLock { p in p.ranges.contains { $0.contains(address) } }
     }
 
-    /// Finds the live record an allocation handle names, or says why there is none: a handle of this
-    /// allocator whose record is gone (or was reused) is a double free; anything else is foreign.
-    func liveRecord(_ s: ArenaState, _ a: Allocation) throws(ExecMemError) -> (Block, Int) {
-        let issued = a.id > 0 && a.id < serials.load(ordering: .relaxed)
-        guard let block = runCovering(s, a.address) else {
+    /// Finds the live record an allocation handle names: (block id, first chunk, record slot). A handle
+    /// this arena issued whose record is gone (or was reused) is a double free; anything else is foreign.
+    func liveRecord(_ s: ArenaState, _ a: Allocation) throws(ExecMemError) -> (Int, Int, Int) {
+        guard let id = s.blockID(covering: a.address) else {
             if inAnyRange(a.address) {
-                if issued && a.address & UInt(ExecMemGeometry.chunkSize - 1) == 0 {
+                if s.issued(a.id) && a.address & UInt(ExecMemGeometry.chunkSize - 1) == 0 {
                     throw .doubleFree(address: a.address, kind: a.kind, id: a.id)  // its block was released since
                 }
                 throw .foreignPointer(address: a.address, reason: "inside the range, but not in a committed \(a.type) block")
             }
             throw .foreignPointer(address: a.address, reason: "outside every ExecMem range")
         }
+        let block = s.blocks[id]!
         let offset = Int(a.address - block.base)
         guard offset & (ExecMemGeometry.chunkSize - 1) == 0 else {
             throw .foreignPointer(address: a.address, reason: "not on a 64-byte chunk boundary of a \(a.type) block")
         }
         let start = offset >> ExecMemGeometry.chunkShift
-        if let rec = block.records[Int32(start)] {
-            if rec.id == a.id { return (block, start) }
-            if issued { throw .doubleFree(address: a.address, kind: a.kind, id: a.id) }  // freed, then reused
+        if let slot = block.recordSlot(at: start) {
+            if block.records[slot].id == a.id { return (id, start, slot) }
+            if s.issued(a.id) { throw .doubleFree(address: a.address, kind: a.kind, id: a.id) }  // freed, then reused
             throw .foreignPointer(address: a.address, reason: "the handle does not match the live allocation there")
         }
-        if issued && (block.isLarge || !block.bitmap[start]) {
+        if s.issued(a.id) && (block.isLarge || !block.bitmap[start]) {
             throw .doubleFree(address: a.address, kind: a.kind, id: a.id)
         }
         throw .foreignPointer(address: a.address, reason: "inside another allocation, not at its start")
@@ -315,23 +294,22 @@ public final class ExecMemAllocator: Sendable {
     /// Keeps `retainedEmptyBlocks` empty packed blocks per type; releases the rest, fallback and
     /// highest addresses first.
     private func releaseSurplusEmptyBlocks(_ s: inout ArenaState) {
-        let empty = s.blocks.values.filter { !$0.isLarge && $0.isEmpty && $0.openCount == 0 }
-            .sorted { ($0.range, $0.base) > ($1.range, $1.base) }
-        for block in empty.dropLast(configuration.retainedEmptyBlocks) { release(&s, block) }
+        let empty = s.committed.filter { s.blocks[$0]!.isEmpty && !s.blocks[$0]!.isLarge && s.blocks[$0]!.openCount == 0 }
+            .sorted(by: >)
+        for id in empty.dropLast(configuration.retainedEmptyBlocks) { release(&s, id) }
     }
 
     /// Decommits a run and returns its slots.
-    func release(_ s: inout ArenaState, _ block: Block) {
-        if block.openCount > 0 {
-            backend.closeWriteView(block.run, view: block.openView)
-            block.openCount = 0
-            block.openView = 0
-        }
-        block.live = false
-        s.blocks[block.base] = nil
-        if !block.isLarge { s.free[block.range].remove(block, start: 0) }
+    func release(_ s: inout ArenaState, _ id: Int) {
+        let block = s.blocks[id]!
+        if block.openCount > 0 { backend.closeWriteView(block.run, view: block.openView) }
+        if !block.isLarge { s.removeExtent(id, start: 0) }
+        let slots = block.run.length >> ExecMemGeometry.blockShift
+        for k in id..<(id + slots) { s.owner[k] = -1 }
+        s.blocks[id] = nil
+        s.committed.remove(id)
         backend.decommit(block.run)
-        pool.withLock { $0.unclaim(range: block.range, slot: block.slot, count: block.run.length >> ExecMemGeometry.blockShift) }
+        pool.withLock { $0.unclaim(range: block.range, slot: block.slot, count: slots) }
     }
 
     // MARK: - Ranges and reach

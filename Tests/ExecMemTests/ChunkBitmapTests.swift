@@ -56,37 +56,41 @@ import Testing
 }
 
 @Suite struct FreeExtentsTests {
-    /// Allocating and freeing through extents keeps exactly one extent per maximal free run.
+    /// Allocating and freeing through an arena's extents keeps exactly one extent per maximal free run.
     @Test func extentsTrackTheBitmap() throws {
-        let run = CommittedRun(address: 0, length: ExecMemGeometry.blockSize, type: .text, hugeMapped: false)
-        let block = Block(serial: 1, range: 0, slot: 0, run: run)
-        var extents = FreeExtents()
-        extents.insert(block, start: 0, length: block.chunkCount)
+        let run = CommittedRun(address: 1 << 30, length: ExecMemGeometry.blockSize, type: .text, hugeMapped: false)
+        var s = ArenaState(type: .text)
+        s.rangeBase[0] = 1 << 30
+        s.blocks[0] = BlockState(id: 0, serial: 1, run: run)
+        s.owner[0] = 0
+        s.insertExtent(0, start: 0, length: ExecMemGeometry.chunksPerBlock)
         var rng = SplitMix64(state: 5)
         var live: [(Int, Int)] = []
         for _ in 0..<5000 {
             if rng.next() % 5 < 3 || live.isEmpty {
                 let n = Int(rng.next() % 300) + 1
                 let alignment = 1 << Int(rng.next() % 4)
-                guard let (b, start) = extents.take(chunks: n, alignment: alignment) else { continue }
-                #expect(b === block && start % alignment == 0)
-                #expect(block.bitmap.all(false, start: start, length: n))
-                block.take(start: start, chunks: n)
+                let before = s.blocks[0]!.bitmap
+                guard let (id, start) = s.takeChunks(n, alignment: alignment, range: 0) else { continue }
+                #expect(id == 0 && start % alignment == 0)
+                #expect(before.all(false, start: start, length: n))
                 live.append((start, n))
             } else {
                 let (start, n) = live.remove(at: Int(rng.next() % UInt64(live.count)))
-                block.give(start: start, chunks: n, to: &extents)
+                s.giveChunks(0, start: start, chunks: n)
             }
         }
+        let block = s.blocks[0]!
         var runs = 0, i = block.bitmap.firstClear(from: 0)
         while i < block.chunkCount {
             let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
-            #expect(extents.length(block, start: i) == end - i)
+            #expect(block.meta[i] & ArenaState.extentTag != 0)
             runs += 1
             i = block.bitmap.firstClear(from: end)
         }
-        #expect(extents.count == runs)
-        for (start, n) in live { block.give(start: start, chunks: n, to: &extents) }
-        #expect(extents.count == 1 && extents.length(block, start: 0) == block.chunkCount)
+        #expect(s.bins[0].reduce(0) { $0 + $1.count } == runs)
+        for (start, n) in live { s.giveChunks(0, start: start, chunks: n) }
+        #expect(s.bins[0].reduce(0) { $0 + $1.count } == 1)
+        #expect(s.bins[0][15].first?.length == Int32(ExecMemGeometry.chunksPerBlock))
     }
 }

@@ -1,0 +1,254 @@
+// An arena: everything the allocator knows about one type's blocks, kept in value types under the
+// type's lock. Blocks live in an array indexed by slot (range * 1024 + slot), so finding the block of
+// an address is arithmetic; per chunk, a block keeps one word saying what starts there (an
+// allocation's record, or a free extent's place in its bin), so free and allocate never hash.
+//
+//   packed block, 2 MiB = 32,768 chunks of 64 B
+//   +------+------+------+------+------+-----------------------------+
+//   | A    | A    | free | B    | free |  ...  int3 (text) or zero   |
+//   +------+------+------+------+------+-----------------------------+
+//   bitmap  1      1      0      1      0
+//   meta    rec 0  -      ext   rec 1  ext
+//
+// Free space is kept as extents (maximal runs of free chunks) binned by size, a segregated fit in the
+// manner of TLSF: bin k holds extents of [2^k, 2^(k+1)) chunks, k = 0 ... 15. Allocation takes from
+// the smallest bin whose extents all fit; free merges with free neighbours found by two word scans of
+// the bitmap. Both are O(1) in the number of live allocations.
+//
+// Invariants (checked by `ExecMemAllocator.checkInvariants`):
+//   - a packed block's set bits are exactly its records' chunks, and `usedChunks` counts them;
+//   - each maximal free run of a packed block is exactly one extent, found through `meta` at its start;
+//   - free chunks hold the type's fill byte (int3 for text, zero otherwise);
+//   - a sealed record's pages are r-- (ro-after-init only; its records are whole pages);
+//   - `openCount > 0` exactly when `openView` is set.
+
+struct BlockRecord {
+    var id: UInt64
+    var size: Int
+    var chunks: Int32
+    var kind: ExecMemKind
+    var sealed: Bool
+}
+
+struct BlockState {
+    let id: Int
+    let serial: UInt64
+    let run: CommittedRun
+    let chunkCount: Int
+    var bitmap: ChunkBitmap
+    /// Per chunk of a packed block: `allocationTag | record slot`, `extentTag | bin | position`, or 0.
+    var meta: [UInt32]
+    var records: [BlockRecord] = []
+    var freeRecordSlots: [UInt32] = []
+    var liveRecords = 0
+    var usedChunks = 0
+    /// Write views open on this run (single writes and batches), and the view's address.
+    var openCount = 0
+    var openView: UInt = 0
+
+    init(id: Int, serial: UInt64, run: CommittedRun) {
+        self.id = id
+        self.serial = serial
+        self.run = run
+        chunkCount = run.length >> ExecMemGeometry.chunkShift
+        let packed = run.length == ExecMemGeometry.blockSize
+        bitmap = ChunkBitmap(count: packed ? chunkCount : 64)
+        meta = packed ? [UInt32](repeating: 0, count: chunkCount) : []
+    }
+
+    var base: UInt { run.address }
+    var type: ExecMemType { run.type }
+    var isLarge: Bool { run.length > ExecMemGeometry.blockSize }
+    var range: Int { id / ArenaState.slotsPerRange }
+    var slot: Int { id % ArenaState.slotsPerRange }
+    var isEmpty: Bool { liveRecords == 0 }
+    var freeChunks: Int { chunkCount - usedChunks }
+
+    /// The record slot of the allocation that starts at `chunk`, if one does.
+    @inline(__always)
+    func recordSlot(at chunk: Int) -> Int? {
+        if isLarge { return chunk == 0 && liveRecords == 1 ? 0 : nil }
+        let m = meta[chunk]
+        return m & ArenaState.allocationTag != 0 ? Int(m & ~ArenaState.allocationTag) : nil
+    }
+
+    /// Every live record with its first chunk.
+    var liveRecordList: [(start: Int, record: BlockRecord)] {
+        if isLarge { return liveRecords == 1 ? [(0, records[0])] : [] }
+        var out: [(Int, BlockRecord)] = []
+        var i = bitmap.firstSet(from: 0, limit: chunkCount)
+        while let c = i {
+            if let r = recordSlot(at: c) {
+                out.append((c, records[r]))
+                i = bitmap.firstSet(from: c + Int(records[r].chunks), limit: chunkCount)
+            } else {
+                out.append((c, BlockRecord(id: 0, size: 0, chunks: 1, kind: .moduleText, sealed: false)))  // reported by the checker
+                i = bitmap.firstSet(from: c + 1, limit: chunkCount)
+            }
+        }
+        return out
+    }
+}
+
+struct Extent {
+    var block: Int32
+    var start: Int32
+    var length: Int32
+}
+
+struct KindCounters: Equatable {
+    var allocations = 0
+    var requestedBytes = 0
+    var usedBytes = 0
+}
+
+struct ArenaState {
+    /// Slots per range: a range is at most 2 GiB of 2 MiB blocks.
+    static let slotsPerRange = ExecMemGeometry.maxRangeSize >> ExecMemGeometry.blockShift  // 1,024
+    static let binCount = ExecMemGeometry.blockShift - ExecMemGeometry.chunkShift + 1  // 16
+    static let allocationTag: UInt32 = 1 << 31
+    static let extentTag: UInt32 = 1 << 30
+    static let binShift: UInt32 = 25
+    static let positionMask: UInt32 = (1 << 25) - 1
+
+    let type: ExecMemType
+    /// Committed runs by the id of their first slot.
+    var blocks = [BlockState?](repeating: nil, count: 2 * slotsPerRange)
+    /// Slot id -> id of the run covering it, or -1.
+    var owner = [Int32](repeating: -1, count: 2 * slotsPerRange)
+    /// Base of each range this arena has committed in (0 until then).
+    var rangeBase: [UInt] = [0, 0]
+    var committed = Set<Int>()
+    /// Free extents of packed blocks, per range and bin.
+    var bins = [[[Extent]]](repeating: [[Extent]](repeating: [], count: binCount), count: 2)
+    var kinds = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
+    var collapseFailures = 0
+    /// Allocation ids are `counter << 2 | type`, unique across the allocator.
+    var nextCounter: UInt64 = 1
+    var nextSerial: UInt64 = 1
+
+    init(type: ExecMemType) { self.type = type }
+
+    mutating func newAllocationID() -> UInt64 {
+        defer { nextCounter += 1 }
+        return nextCounter << 2 | UInt64(type.rawValue)
+    }
+
+    /// Whether `id` was handed out by this arena (live or not).
+    func issued(_ id: UInt64) -> Bool { id & 3 == UInt64(type.rawValue) && id >> 2 >= 1 && id >> 2 < nextCounter }
+
+    /// The id of the run covering `address`, if this arena has one there.
+    @inline(__always)
+    func blockID(covering address: UInt) -> Int? {
+        for r in 0..<2 {
+            let base = rangeBase[r]
+            guard base != 0, address >= base else { continue }
+            let slot = Int((address - base) >> UInt(ExecMemGeometry.blockShift))
+            guard slot < Self.slotsPerRange else { continue }
+            let o = owner[r * Self.slotsPerRange + slot]
+            return o >= 0 ? Int(o) : nil
+        }
+        return nil
+    }
+
+    // MARK: - Extents
+
+    @inline(__always)
+    static func bin(_ length: Int) -> Int { Int.bitWidth - 1 - length.leadingZeroBitCount }
+
+    mutating func insertExtent(_ id: Int, start: Int, length: Int) {
+        let r = id / Self.slotsPerRange, b = Self.bin(length)
+        let position = bins[r][b].count
+        bins[r][b].append(Extent(block: Int32(id), start: Int32(start), length: Int32(length)))
+        blocks[id]!.meta[start] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(position)
+    }
+
+    /// Removes the extent starting at `start` of block `id`; returns its length.
+    @discardableResult
+    mutating func removeExtent(_ id: Int, start: Int) -> Int {
+        let m = blocks[id]!.meta[start]
+        precondition(m & Self.extentTag != 0, "ExecMem: no free extent at chunk \(start) of block \(id)")
+        let r = id / Self.slotsPerRange, b = Int(m >> Self.binShift & 0xF), p = Int(m & Self.positionMask)
+        let length = Int(bins[r][b][p].length)
+        let last = bins[r][b].removeLast()
+        if p < bins[r][b].count {
+            bins[r][b][p] = last
+            blocks[Int(last.block)]!.meta[Int(last.start)] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(p)
+        }
+        blocks[id]!.meta[start] = 0
+        return length
+    }
+
+    /// Takes `chunks` chunks aligned to `alignment` chunks from range `r`; returns block id and first chunk.
+    mutating func takeChunks(_ chunks: Int, alignment: Int, range r: Int) -> (Int, Int)? {
+        let floorBin = Self.bin(chunks)
+        let firstFitting = chunks & (chunks - 1) == 0 ? floorBin : floorBin + 1
+        // Bins from `firstFitting` up hold only extents long enough (barring alignment); the floor
+        // bin, where only some fit, is searched last.
+        var b = firstFitting
+        while true {
+            var p = bins[r][b].count - 1
+            while p >= 0 {
+                let e = bins[r][b][p]
+                let start = Int(e.start), end = start + Int(e.length)
+                let aligned = (start + alignment - 1) & ~(alignment - 1)
+                if aligned + chunks <= end {
+                    let id = Int(e.block)
+                    removeExtent(id, start: start)
+                    if aligned > start { insertExtent(id, start: start, length: aligned - start) }
+                    if aligned + chunks < end { insertExtent(id, start: aligned + chunks, length: end - aligned - chunks) }
+                    blocks[id]!.bitmap.assign(true, start: aligned, length: chunks)
+                    blocks[id]!.usedChunks += chunks
+                    return (id, aligned)
+                }
+                p -= 1
+            }
+            if b == floorBin && firstFitting != floorBin { return nil }  // the floor bin came last
+            b += 1
+            if b == Self.binCount {
+                if firstFitting == floorBin { return nil }
+                b = floorBin
+            }
+        }
+    }
+
+    /// Returns chunks of a packed block, merged with free neighbours into one extent.
+    mutating func giveChunks(_ id: Int, start: Int, chunks: Int) {
+        blocks[id]!.bitmap.assign(false, start: start, length: chunks)
+        blocks[id]!.usedChunks -= chunks
+        let bitmap = blocks[id]!.bitmap, count = blocks[id]!.chunkCount
+        let end = start + chunks
+        let left = start > 0 && !bitmap[start - 1] ? (bitmap.lastSet(before: start).map { $0 + 1 } ?? 0) : start
+        let right = end < count && !bitmap[end] ? (bitmap.firstSet(from: end, limit: count) ?? count) : end
+        if left < start { removeExtent(id, start: left) }
+        if right > end { removeExtent(id, start: end) }
+        insertExtent(id, start: left, length: right - left)
+    }
+
+    // MARK: - Records
+
+    /// Adds a record for an allocation starting at `start` of block `id`.
+    mutating func addRecord(_ id: Int, start: Int, _ record: BlockRecord) {
+        let slot: Int
+        if let s = blocks[id]!.freeRecordSlots.popLast() {
+            slot = Int(s)
+            blocks[id]!.records[slot] = record
+        } else {
+            slot = blocks[id]!.records.count
+            blocks[id]!.records.append(record)
+        }
+        blocks[id]!.liveRecords += 1
+        if !blocks[id]!.isLarge { blocks[id]!.meta[start] = Self.allocationTag | UInt32(slot) }
+    }
+
+    /// Removes the record at `start` of block `id` and returns it.
+    mutating func removeRecord(_ id: Int, start: Int) -> BlockRecord {
+        let slot = blocks[id]!.recordSlot(at: start)!
+        let record = blocks[id]!.records[slot]
+        blocks[id]!.liveRecords -= 1
+        if blocks[id]!.isLarge { return record }
+        blocks[id]!.freeRecordSlots.append(UInt32(slot))
+        blocks[id]!.meta[start] = 0
+        return record
+    }
+}
