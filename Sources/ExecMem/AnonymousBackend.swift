@@ -51,7 +51,8 @@ public final class AnonymousBackend: ExecMemBackend {
             Reservation.restore(address: address, length: length)
             throw error
         }
-        return CommittedRun(address: address, length: length, type: type, hugeMapped: huge, note: note)
+        return CommittedRun(address: address, length: length, type: type,
+                            writeView: type.runProtection == .readWrite ? address : 0, hugeMapped: huge, note: note)
     }
 
     public func decommit(_ run: CommittedRun) { Reservation.restore(address: run.address, length: run.length) }

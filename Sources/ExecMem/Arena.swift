@@ -52,10 +52,14 @@ struct BlockState {
         self.run = run
         chunkCount = run.length >> ExecMemGeometry.chunkShift
         let packed = run.length == ExecMemGeometry.blockSize
-        bitmap = ChunkBitmap(count: packed ? chunkCount : 64)
+        bitmap = ChunkBitmap(count: packed ? chunkCount : 0)
         meta = packed ? [UInt32](repeating: 0, count: chunkCount) : []
     }
 
+    /// The placeholder in slots where no run starts.
+    static let uncommitted = BlockState(id: -1, serial: 0, run: CommittedRun(address: 0, length: 0, type: .text, hugeMapped: false))
+
+    var isCommitted: Bool { id >= 0 }
     var base: UInt { run.address }
     var type: ExecMemType { run.type }
     var isLarge: Bool { run.length > ExecMemGeometry.blockSize }
@@ -112,8 +116,8 @@ struct ArenaState {
     static let positionMask: UInt32 = (1 << 25) - 1
 
     let type: ExecMemType
-    /// Committed runs by the id of their first slot.
-    var blocks = [BlockState?](repeating: nil, count: 2 * slotsPerRange)
+    /// Committed runs by the id of their first slot; `BlockState.uncommitted` elsewhere.
+    var blocks = [BlockState](repeating: .uncommitted, count: 2 * slotsPerRange)
     /// Slot id -> id of the run covering it, or -1.
     var owner = [Int32](repeating: -1, count: 2 * slotsPerRange)
     /// Base of each range this arena has committed in (0 until then).
@@ -160,22 +164,22 @@ struct ArenaState {
         let r = id / Self.slotsPerRange, b = Self.bin(length)
         let position = bins[r][b].count
         bins[r][b].append(Extent(block: Int32(id), start: Int32(start), length: Int32(length)))
-        blocks[id]!.meta[start] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(position)
+        blocks[id].meta[start] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(position)
     }
 
     /// Removes the extent starting at `start` of block `id`; returns its length.
     @discardableResult
     mutating func removeExtent(_ id: Int, start: Int) -> Int {
-        let m = blocks[id]!.meta[start]
+        let m = blocks[id].meta[start]
         precondition(m & Self.extentTag != 0, "ExecMem: no free extent at chunk \(start) of block \(id)")
         let r = id / Self.slotsPerRange, b = Int(m >> Self.binShift & 0xF), p = Int(m & Self.positionMask)
         let length = Int(bins[r][b][p].length)
         let last = bins[r][b].removeLast()
         if p < bins[r][b].count {
             bins[r][b][p] = last
-            blocks[Int(last.block)]!.meta[Int(last.start)] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(p)
+            blocks[Int(last.block)].meta[Int(last.start)] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(p)
         }
-        blocks[id]!.meta[start] = 0
+        blocks[id].meta[start] = 0
         return length
     }
 
@@ -197,8 +201,8 @@ struct ArenaState {
                     removeExtent(id, start: start)
                     if aligned > start { insertExtent(id, start: start, length: aligned - start) }
                     if aligned + chunks < end { insertExtent(id, start: aligned + chunks, length: end - aligned - chunks) }
-                    blocks[id]!.bitmap.assign(true, start: aligned, length: chunks)
-                    blocks[id]!.usedChunks += chunks
+                    blocks[id].bitmap.assign(true, start: aligned, length: chunks)
+                    blocks[id].usedChunks += chunks
                     return (id, aligned)
                 }
                 p -= 1
@@ -214,9 +218,9 @@ struct ArenaState {
 
     /// Returns chunks of a packed block, merged with free neighbours into one extent.
     mutating func giveChunks(_ id: Int, start: Int, chunks: Int) {
-        blocks[id]!.bitmap.assign(false, start: start, length: chunks)
-        blocks[id]!.usedChunks -= chunks
-        let bitmap = blocks[id]!.bitmap, count = blocks[id]!.chunkCount
+        blocks[id].bitmap.assign(false, start: start, length: chunks)
+        blocks[id].usedChunks -= chunks
+        let bitmap = blocks[id].bitmap, count = blocks[id].chunkCount
         let end = start + chunks
         let left = start > 0 && !bitmap[start - 1] ? (bitmap.lastSet(before: start).map { $0 + 1 } ?? 0) : start
         let right = end < count && !bitmap[end] ? (bitmap.firstSet(from: end, limit: count) ?? count) : end
@@ -230,25 +234,25 @@ struct ArenaState {
     /// Adds a record for an allocation starting at `start` of block `id`.
     mutating func addRecord(_ id: Int, start: Int, _ record: BlockRecord) {
         let slot: Int
-        if let s = blocks[id]!.freeRecordSlots.popLast() {
+        if let s = blocks[id].freeRecordSlots.popLast() {
             slot = Int(s)
-            blocks[id]!.records[slot] = record
+            blocks[id].records[slot] = record
         } else {
-            slot = blocks[id]!.records.count
-            blocks[id]!.records.append(record)
+            slot = blocks[id].records.count
+            blocks[id].records.append(record)
         }
-        blocks[id]!.liveRecords += 1
-        if !blocks[id]!.isLarge { blocks[id]!.meta[start] = Self.allocationTag | UInt32(slot) }
+        blocks[id].liveRecords += 1
+        if !blocks[id].isLarge { blocks[id].meta[start] = Self.allocationTag | UInt32(slot) }
     }
 
     /// Removes the record at `start` of block `id` and returns it.
     mutating func removeRecord(_ id: Int, start: Int) -> BlockRecord {
-        let slot = blocks[id]!.recordSlot(at: start)!
-        let record = blocks[id]!.records[slot]
-        blocks[id]!.liveRecords -= 1
-        if blocks[id]!.isLarge { return record }
-        blocks[id]!.freeRecordSlots.append(UInt32(slot))
-        blocks[id]!.meta[start] = 0
+        let slot = blocks[id].recordSlot(at: start)!
+        let record = blocks[id].records[slot]
+        blocks[id].liveRecords -= 1
+        if blocks[id].isLarge { return record }
+        blocks[id].freeRecordSlots.append(UInt32(slot))
+        blocks[id].meta[start] = 0
         return record
     }
 }

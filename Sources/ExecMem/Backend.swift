@@ -18,7 +18,9 @@ public struct CommittedRun: Sendable {
     /// File descriptor and offset of the backing pages (memfd backings), -1 otherwise.
     public let fd: Int32
     public let fileOffset: Int
-    /// The persistent write view, 0 when there is none (transient mode, anonymous or simulated backing).
+    /// A persistent writable view of the whole run: a second mapping (memfd, persistent mode), or the
+    /// run view itself for rw- types. When it is nonzero the allocator writes there and never calls
+    /// `openWriteView`; 0 when views are transient, flipped (anonymous text) or absent (simulated).
     public let writeView: UInt
     /// Whether the backend believes the run is mapped by 2 MiB pages; smaps has the final word.
     public let hugeMapped: Bool

@@ -88,7 +88,7 @@ extension ExecMemAllocator {
             arena.withLock { s in
                 var t = TypeStatistics(type: s.type)
                 for id in s.committed {
-                    let block = s.blocks[id]!
+                    let block = s.blocks[id]
                     t.blocks += block.run.length >> ExecMemGeometry.blockShift
                     t.reservedBytes += block.run.length
                     t.allocations += block.liveRecords
@@ -110,7 +110,7 @@ extension ExecMemAllocator {
                 t.fragmentation = t.freeBytes == 0 ? 0 : 1 - Double(t.largestFreeRun) / Double(t.freeBytes)
                 t.collapseFailures = s.collapseFailures
                 types.append(t)
-                runs.append(s.committed.map { s.blocks[$0]!.run })
+                runs.append(s.committed.map { s.blocks[$0].run })
                 for kind in ExecMemKind.allCases where configuration.range(for: kind).type == s.type {
                     let c = s.kinds[kind.rawValue]
                     kinds.append(KindStatistics(kind: kind, type: s.type, allocations: c.allocations,
@@ -176,7 +176,8 @@ extension ExecMemAllocator {
         var perKind = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
         var extentCount = 0
         for id in s.committed {
-            guard let block = s.blocks[id] else { problems.append("\(s.type): committed id \(id) has no block"); continue }
+            let block = s.blocks[id]
+            guard block.isCommitted else { problems.append("\(s.type): committed id \(id) has no block"); continue }
             let where_ = "\(s.type) block \(hexAddress(block.base))"
             let slots = block.run.length >> ExecMemGeometry.blockShift
             if block.id != id || block.type != s.type || s.rangeBase[block.range] + UInt(block.slot << ExecMemGeometry.blockShift) != block.base {

@@ -19,21 +19,25 @@ extension ExecMemAllocator {
         releaseView(&s, id)
     }
 
+    @inline(__always)
     func acquireView(_ s: inout ArenaState, _ id: Int) throws(ExecMemError) -> UInt {
-        if s.blocks[id]!.openCount == 0 {
-            guard let view = try backend.openWriteView(s.blocks[id]!.run) else { return 0 }
-            s.blocks[id]!.openView = view
+        let persistent = s.blocks[id].run.writeView
+        if persistent != 0 { return persistent }
+        if s.blocks[id].openCount == 0 {
+            guard let view = try backend.openWriteView(s.blocks[id].run) else { return 0 }
+            s.blocks[id].openView = view
         }
-        s.blocks[id]!.openCount += 1
-        return s.blocks[id]!.openView
+        s.blocks[id].openCount += 1
+        return s.blocks[id].openView
     }
 
+    @inline(__always)
     func releaseView(_ s: inout ArenaState, _ id: Int) {
-        guard s.blocks[id]!.openCount > 0 else { return }
-        s.blocks[id]!.openCount -= 1
-        if s.blocks[id]!.openCount == 0 {
-            backend.closeWriteView(s.blocks[id]!.run, view: s.blocks[id]!.openView)
-            s.blocks[id]!.openView = 0
+        guard s.blocks[id].openCount > 0 else { return }  // also: a persistent view, never counted
+        s.blocks[id].openCount -= 1
+        if s.blocks[id].openCount == 0 {
+            backend.closeWriteView(s.blocks[id].run, view: s.blocks[id].openView)
+            s.blocks[id].openView = 0
         }
     }
 
@@ -72,13 +76,15 @@ extension ExecMemAllocator {
         }
         try arenas[a.type.rawValue].withLock { (s) throws(ExecMemError) in
             let (id, _, slot) = try liveRecord(s, a)
-            if s.blocks[id]!.records[slot].sealed { throw .sealed(address: a.address, id: a.id) }
+            if s.blocks[id].records[slot].sealed { throw .sealed(address: a.address, id: a.id) }
             guard count > 0, backend.hasMemory else { return }
             let view: UInt
-            let serial = s.blocks[id]!.serial
-            if let batch {
+            let serial = s.blocks[id].serial
+            if s.blocks[id].run.writeView != 0 {
+                view = s.blocks[id].run.writeView
+            } else if let batch {
                 if batch.openSerial(at: id) == serial {
-                    view = s.blocks[id]!.openView
+                    view = s.blocks[id].openView
                 } else {
                     view = try acquireView(&s, id)
                     batch.remember(id: id, serial: serial, type: s.type)
@@ -86,7 +92,7 @@ extension ExecMemAllocator {
             } else {
                 view = try acquireView(&s, id)
             }
-            let dest = UnsafeMutableRawPointer(bitPattern: view + (a.address - s.blocks[id]!.base) + UInt(offset))!
+            let dest = UnsafeMutableRawPointer(bitPattern: view + (a.address - s.blocks[id].base) + UInt(offset))!
             switch op {
             case let .copy(from): dest.copyMemory(from: UnsafeRawPointer(bitPattern: from)!, byteCount: count)
             case let .fill(byte): dest.initializeMemory(as: UInt8.self, repeating: byte, count: count)
@@ -113,16 +119,16 @@ extension ExecMemAllocator {
         }
         try arenas[allocation.type.rawValue].withLock { (s) throws(ExecMemError) in
             let (id, start, slot) = try liveRecord(s, allocation)
-            guard !s.blocks[id]!.records[slot].sealed else { return }
-            try backend.protect(s.blocks[id]!.run, offset: start << ExecMemGeometry.chunkShift, length: allocation.capacity, .readOnly)
-            s.blocks[id]!.records[slot].sealed = true
+            guard !s.blocks[id].records[slot].sealed else { return }
+            try backend.protect(s.blocks[id].run, offset: start << ExecMemGeometry.chunkShift, length: allocation.capacity, .readOnly)
+            s.blocks[id].records[slot].sealed = true
         }
     }
 
     /// Whether `allocation` is live and sealed.
     public func isSealed(_ allocation: Allocation) -> Bool {
         arenas[allocation.type.rawValue].withLock { s in
-            (try? liveRecord(s, allocation)).map { s.blocks[$0.0]!.records[$0.2].sealed } ?? false
+            (try? liveRecord(s, allocation)).map { s.blocks[$0.0].records[$0.2].sealed } ?? false
         }
     }
 
@@ -161,7 +167,7 @@ public final class WriteBatch: Sendable {
         for (id, o) in views {
             allocator.arenas[o.type.rawValue].withLock { s in
                 // A run released during the batch already had its view closed.
-                if s.blocks[id]?.serial == o.serial { allocator.releaseView(&s, id) }
+                if s.blocks[id].isCommitted && s.blocks[id].serial == o.serial { allocator.releaseView(&s, id) }
             }
         }
     }

@@ -57,7 +57,7 @@ public final class ExecMemAllocator: Sendable {
     deinit {
         for arena in arenas {
             arena.withLock { s in
-                for id in s.committed { backend.decommit(s.blocks[id]!.run) }
+                for id in s.committed { backend.decommit(s.blocks[id].run) }
             }
         }
         pool.withLock { p in for r in p.ranges { backend.release(base: r.base, size: r.size) } }
@@ -112,8 +112,8 @@ public final class ExecMemAllocator: Sendable {
         let slots = (size + ExecMemGeometry.blockSize - 1) >> ExecMemGeometry.blockShift
         for r in rangeOrder(ranges) {
             if let id = try commitRun(&s, range: r, slots: slots) {
-                s.blocks[id]!.usedChunks = s.blocks[id]!.chunkCount
-                return record(&s, id, start: 0, chunks: s.blocks[id]!.chunkCount, size: size, kind: kind)
+                s.blocks[id].usedChunks = s.blocks[id].chunkCount
+                return record(&s, id, start: 0, chunks: s.blocks[id].chunkCount, size: size, kind: kind)
             }
         }
         throw .rangeExhausted(kind: kind, type: s.type, size: size, ranges: rangeNames(ranges))
@@ -126,7 +126,7 @@ public final class ExecMemAllocator: Sendable {
         s.kinds[kind.rawValue].allocations += 1
         s.kinds[kind.rawValue].requestedBytes += size
         s.kinds[kind.rawValue].usedBytes += capacity
-        return Allocation(address: s.blocks[id]!.base + UInt(start << ExecMemGeometry.chunkShift), size: size,
+        return Allocation(address: s.blocks[id].base + UInt(start << ExecMemGeometry.chunkShift), size: size,
                           capacity: capacity, kind: kind, type: s.type, id: allocationID)
     }
 
@@ -184,7 +184,7 @@ public final class ExecMemAllocator: Sendable {
         s.nextSerial += 1
         for k in id..<(id + slots) { s.owner[k] = Int32(id) }
         s.committed.insert(id)
-        if slots == 1 { s.insertExtent(id, start: 0, length: s.blocks[id]!.chunkCount) }
+        if slots == 1 { s.insertExtent(id, start: 0, length: s.blocks[id].chunkCount) }
         return id
     }
 
@@ -201,12 +201,12 @@ public final class ExecMemAllocator: Sendable {
             s.kinds[rec.kind.rawValue].allocations -= 1
             s.kinds[rec.kind.rawValue].requestedBytes -= rec.size
             s.kinds[rec.kind.rawValue].usedBytes -= bytes
-            if s.blocks[id]!.isLarge {
+            if s.blocks[id].isLarge {
                 release(&s, id)
                 return
             }
             let offset = start << ExecMemGeometry.chunkShift
-            if rec.sealed { try backend.protect(s.blocks[id]!.run, offset: offset, length: bytes, .readWrite) }
+            if rec.sealed { try backend.protect(s.blocks[id].run, offset: offset, length: bytes, .readWrite) }
             if backend.hasMemory {
                 let fill = s.type.fillByte
                 try withView(&s, id) { view in
@@ -214,7 +214,7 @@ public final class ExecMemAllocator: Sendable {
                 }
             }
             s.giveChunks(id, start: start, chunks: chunks)
-            if s.blocks[id]!.isEmpty { releaseSurplusEmptyBlocks(&s) }
+            if s.blocks[id].isEmpty { releaseSurplusEmptyBlocks(&s) }
         }
     }
 
@@ -226,9 +226,9 @@ public final class ExecMemAllocator: Sendable {
                 ? "inside the range, but not in a committed block" : "outside every ExecMem range")
         }
         let chunkFree = arenas[type.rawValue].withLock { s -> Bool in
-            guard let id = s.blockID(covering: address), !s.blocks[id]!.isLarge else { return false }
-            let offset = Int(address - s.blocks[id]!.base)
-            return offset & (ExecMemGeometry.chunkSize - 1) == 0 && !s.blocks[id]!.bitmap[offset >> ExecMemGeometry.chunkShift]
+            guard let id = s.blockID(covering: address), !s.blocks[id].isLarge else { return false }
+            let offset = Int(address - s.blocks[id].base)
+            return offset & (ExecMemGeometry.chunkSize - 1) == 0 && !s.blocks[id].bitmap[offset >> ExecMemGeometry.chunkShift]
         }
         if chunkFree { throw .doubleFree(address: address, kind: .moduleText, id: 0) }
         throw .foreignPointer(address: address, reason: "not the start of a live \(type) allocation")
@@ -239,7 +239,7 @@ public final class ExecMemAllocator: Sendable {
         guard let type = typeOfSlot(address) else { return nil }
         return arenas[type.rawValue].withLock { s -> Allocation? in
             guard let id = s.blockID(covering: address) else { return nil }
-            let block = s.blocks[id]!
+            let block = s.blocks[id]
             let offset = Int(address - block.base)
             guard offset & (ExecMemGeometry.chunkSize - 1) == 0,
                   let slot = block.recordSlot(at: offset >> ExecMemGeometry.chunkShift) else { return nil }
@@ -274,18 +274,17 @@ public final class ExecMemAllocator: Sendable {
             }
             throw .foreignPointer(address: a.address, reason: "outside every ExecMem range")
         }
-        let block = s.blocks[id]!
-        let offset = Int(a.address - block.base)
+        let offset = Int(a.address - s.blocks[id].base)
         guard offset & (ExecMemGeometry.chunkSize - 1) == 0 else {
             throw .foreignPointer(address: a.address, reason: "not on a 64-byte chunk boundary of a \(a.type) block")
         }
         let start = offset >> ExecMemGeometry.chunkShift
-        if let slot = block.recordSlot(at: start) {
-            if block.records[slot].id == a.id { return (id, start, slot) }
+        if let slot = s.blocks[id].recordSlot(at: start) {
+            if s.blocks[id].records[slot].id == a.id { return (id, start, slot) }
             if s.issued(a.id) { throw .doubleFree(address: a.address, kind: a.kind, id: a.id) }  // freed, then reused
             throw .foreignPointer(address: a.address, reason: "the handle does not match the live allocation there")
         }
-        if s.issued(a.id) && (block.isLarge || !block.bitmap[start]) {
+        if s.issued(a.id) && (s.blocks[id].isLarge || !s.blocks[id].bitmap[start]) {
             throw .doubleFree(address: a.address, kind: a.kind, id: a.id)
         }
         throw .foreignPointer(address: a.address, reason: "inside another allocation, not at its start")
@@ -294,19 +293,19 @@ public final class ExecMemAllocator: Sendable {
     /// Keeps `retainedEmptyBlocks` empty packed blocks per type; releases the rest, fallback and
     /// highest addresses first.
     private func releaseSurplusEmptyBlocks(_ s: inout ArenaState) {
-        let empty = s.committed.filter { s.blocks[$0]!.isEmpty && !s.blocks[$0]!.isLarge && s.blocks[$0]!.openCount == 0 }
+        let empty = s.committed.filter { s.blocks[$0].isEmpty && !s.blocks[$0].isLarge && s.blocks[$0].openCount == 0 }
             .sorted(by: >)
         for id in empty.dropLast(configuration.retainedEmptyBlocks) { release(&s, id) }
     }
 
     /// Decommits a run and returns its slots.
     func release(_ s: inout ArenaState, _ id: Int) {
-        let block = s.blocks[id]!
+        let block = s.blocks[id]
         if block.openCount > 0 { backend.closeWriteView(block.run, view: block.openView) }
         if !block.isLarge { s.removeExtent(id, start: 0) }
         let slots = block.run.length >> ExecMemGeometry.blockShift
         for k in id..<(id + slots) { s.owner[k] = -1 }
-        s.blocks[id] = nil
+        s.blocks[id] = BlockState.uncommitted
         s.committed.remove(id)
         backend.decommit(block.run)
         pool.withLock { $0.unclaim(range: block.range, slot: block.slot, count: slots) }

@@ -70,7 +70,7 @@ import Testing
             if rng.next() % 5 < 3 || live.isEmpty {
                 let n = Int(rng.next() % 300) + 1
                 let alignment = 1 << Int(rng.next() % 4)
-                let before = s.blocks[0]!.bitmap
+                let before = s.blocks[0].bitmap
                 guard let (id, start) = s.takeChunks(n, alignment: alignment, range: 0) else { continue }
                 #expect(id == 0 && start % alignment == 0)
                 #expect(before.all(false, start: start, length: n))
@@ -80,7 +80,7 @@ import Testing
                 s.giveChunks(0, start: start, chunks: n)
             }
         }
-        let block = s.blocks[0]!
+        let block = s.blocks[0]
         var runs = 0, i = block.bitmap.firstClear(from: 0)
         while i < block.chunkCount {
             let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
