@@ -231,8 +231,8 @@ struct ArenaState {
 
     // MARK: - Records
 
-    /// Adds a record for an allocation starting at `start` of block `id`.
-    mutating func addRecord(_ id: Int, start: Int, _ record: BlockRecord) {
+    /// Adds a record for an allocation starting at `start` of block `id`; returns its slot.
+    mutating func addRecord(_ id: Int, start: Int, _ record: BlockRecord) -> Int {
         let slot: Int
         if let s = blocks[id].freeRecordSlots.popLast() {
             slot = Int(s)
@@ -243,12 +243,13 @@ struct ArenaState {
         }
         blocks[id].liveRecords += 1
         if !blocks[id].isLarge { blocks[id].meta[start] = Self.allocationTag | UInt32(slot) }
+        return slot
     }
 
-    /// Removes the record at `start` of block `id` and returns it.
-    mutating func removeRecord(_ id: Int, start: Int) -> BlockRecord {
-        let slot = blocks[id].recordSlot(at: start)!
+    /// Removes the record in `slot` of block `id`, which starts at `start`, and returns it.
+    mutating func removeRecord(_ id: Int, start: Int, slot: Int) -> BlockRecord {
         let record = blocks[id].records[slot]
+        blocks[id].records[slot].id = 0  // a freed slot matches no handle
         blocks[id].liveRecords -= 1
         if blocks[id].isLarge { return record }
         blocks[id].freeRecordSlots.append(UInt32(slot))

@@ -121,13 +121,13 @@ public final class ExecMemAllocator: Sendable {
 
     private func record(_ s: inout ArenaState, _ id: Int, start: Int, chunks: Int, size: Int, kind: ExecMemKind) -> Allocation {
         let allocationID = s.newAllocationID()
-        s.addRecord(id, start: start, BlockRecord(id: allocationID, size: size, chunks: Int32(chunks), kind: kind, sealed: false))
+        let slot = s.addRecord(id, start: start, BlockRecord(id: allocationID, size: size, chunks: Int32(chunks), kind: kind, sealed: false))
         let capacity = chunks << ExecMemGeometry.chunkShift
         s.kinds[kind.rawValue].allocations += 1
         s.kinds[kind.rawValue].requestedBytes += size
         s.kinds[kind.rawValue].usedBytes += capacity
         return Allocation(address: s.blocks[id].base + UInt(start << ExecMemGeometry.chunkShift), size: size,
-                          capacity: capacity, kind: kind, type: s.type, id: allocationID)
+                          capacity: capacity, kind: kind, type: s.type, id: allocationID, slot: UInt32(slot))
     }
 
     private func rangeOrder(_ choice: RangeChoice) -> [Int] {
@@ -194,8 +194,8 @@ public final class ExecMemAllocator: Sendable {
     /// that is no longer live is a double free; an address never handed out is a foreign pointer.
     public func free(_ allocation: Allocation) throws(ExecMemError) {
         try arenas[allocation.type.rawValue].withLock { (s) throws(ExecMemError) in
-            let (id, start, _) = try liveRecord(s, allocation)
-            let rec = s.removeRecord(id, start: start)
+            let (id, start, slot) = try liveRecord(s, allocation)
+            let rec = s.removeRecord(id, start: start, slot: slot)
             let chunks = Int(rec.chunks)
             let bytes = chunks << ExecMemGeometry.chunkShift
             s.kinds[rec.kind.rawValue].allocations -= 1
@@ -245,7 +245,7 @@ public final class ExecMemAllocator: Sendable {
                   let slot = block.recordSlot(at: offset >> ExecMemGeometry.chunkShift) else { return nil }
             let rec = block.records[slot]
             return Allocation(address: address, size: rec.size, capacity: Int(rec.chunks) << ExecMemGeometry.chunkShift,
-                              kind: rec.kind, type: type, id: rec.id)
+                              kind: rec.kind, type: type, id: rec.id, slot: UInt32(slot))
         }
     }
 
@@ -275,6 +275,11 @@ public final class ExecMemAllocator: Sendable {
             throw .foreignPointer(address: a.address, reason: "outside every ExecMem range")
         }
         let offset = Int(a.address - s.blocks[id].base)
+        // The handle names its record slot: one load checks it (ids are never reused).
+        let hinted = Int(a.slot)
+        if hinted < s.blocks[id].records.count && s.blocks[id].records[hinted].id == a.id && offset & (ExecMemGeometry.chunkSize - 1) == 0 {
+            return (id, offset >> ExecMemGeometry.chunkShift, hinted)
+        }
         guard offset & (ExecMemGeometry.chunkSize - 1) == 0 else {
             throw .foreignPointer(address: a.address, reason: "not on a 64-byte chunk boundary of a \(a.type) block")
         }

@@ -168,6 +168,8 @@ public struct Allocation: Hashable, Sendable, CustomStringConvertible {
     public let type: ExecMemType
     /// Unique for the allocator's lifetime.
     public let id: UInt64
+    /// Where the allocator keeps its record: lets `free` check the handle with one load.
+    let slot: UInt32
 
     public var pointer: UnsafeRawPointer { UnsafeRawPointer(bitPattern: address)! }
     public var end: UInt { address + UInt(size) }
