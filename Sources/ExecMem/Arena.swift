@@ -10,10 +10,12 @@
 //   bitmap  1      1      0      1      0
 //   meta    rec 0  -      ext   rec 1  ext
 //
-// Free space is kept as extents (maximal runs of free chunks) binned by size, a segregated fit in the
-// manner of TLSF: bin k holds extents of [2^k, 2^(k+1)) chunks, k = 0 ... 15. Allocation takes from
-// the smallest bin whose extents all fit; free merges with free neighbours found by two word scans of
-// the bitmap. Both are O(1) in the number of live allocations.
+// Free space is kept as extents (maximal runs of free chunks) binned by size, per block, a segregated
+// fit in the manner of TLSF: bin k holds extents of [2^k, 2^(k+1)) chunks, k = 0 ... 15, and a 16-bit
+// mask per block says which bins are non-empty. Allocation walks the packed blocks in address order
+// and takes from the first block's smallest bin whose extents all fit, so live allocations gather in
+// the lowest blocks and the highest drain and go back; free merges with free neighbours found by two
+// word scans of the bitmap. Neither depends on the number of live allocations.
 //
 // Invariants (checked by `ExecMemAllocator.checkInvariants`):
 //   - a packed block's set bits are exactly its records' chunks, and `usedChunks` counts them;
@@ -95,7 +97,6 @@ struct BlockState {
 }
 
 struct Extent {
-    var block: Int32
     var start: Int32
     var length: Int32
 }
@@ -123,8 +124,12 @@ struct ArenaState {
     /// Base of each range this arena has committed in (0 until then).
     var rangeBase: [UInt] = [0, 0]
     var committed = Set<Int>()
-    /// Free extents of packed blocks, per range and bin.
-    var bins = [[[Extent]]](repeating: [[Extent]](repeating: [], count: binCount), count: 2)
+    /// Free extents of packed blocks, per block and bin: `bins[id * binCount + bin]`.
+    var bins = [[Extent]](repeating: [], count: 2 * slotsPerRange * binCount)
+    /// Per block: bit k set when bin k holds an extent.
+    var binMasks = [UInt16](repeating: 0, count: 2 * slotsPerRange)
+    /// Packed blocks of each range in address order: the order allocation tries them.
+    var packedOrder: [[Int]] = [[], []]
     var kinds = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
     var collapseFailures = 0
     /// Allocation ids are `counter << 2 | type`, unique across the allocator.
@@ -161,9 +166,10 @@ struct ArenaState {
     static func bin(_ length: Int) -> Int { Int.bitWidth - 1 - length.leadingZeroBitCount }
 
     mutating func insertExtent(_ id: Int, start: Int, length: Int) {
-        let r = id / Self.slotsPerRange, b = Self.bin(length)
-        let position = bins[r][b].count
-        bins[r][b].append(Extent(block: Int32(id), start: Int32(start), length: Int32(length)))
+        let b = Self.bin(length), list = id * Self.binCount + b
+        let position = bins[list].count
+        bins[list].append(Extent(start: Int32(start), length: Int32(length)))
+        binMasks[id] |= 1 << UInt16(b)
         blocks[id].meta[start] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(position)
     }
 
@@ -172,48 +178,74 @@ struct ArenaState {
     mutating func removeExtent(_ id: Int, start: Int) -> Int {
         let m = blocks[id].meta[start]
         precondition(m & Self.extentTag != 0, "ExecMem: no free extent at chunk \(start) of block \(id)")
-        let r = id / Self.slotsPerRange, b = Int(m >> Self.binShift & 0xF), p = Int(m & Self.positionMask)
-        let length = Int(bins[r][b][p].length)
-        let last = bins[r][b].removeLast()
-        if p < bins[r][b].count {
-            bins[r][b][p] = last
-            blocks[Int(last.block)].meta[Int(last.start)] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(p)
+        let b = Int(m >> Self.binShift & 0xF), p = Int(m & Self.positionMask), list = id * Self.binCount + b
+        let length = Int(bins[list][p].length)
+        let last = bins[list].removeLast()
+        if p < bins[list].count {
+            bins[list][p] = last
+            blocks[id].meta[Int(last.start)] = Self.extentTag | UInt32(b) << Self.binShift | UInt32(p)
+        } else if p == 0 {
+            binMasks[id] &= ~(1 << UInt16(b))
         }
         blocks[id].meta[start] = 0
         return length
     }
 
-    /// Takes `chunks` chunks aligned to `alignment` chunks from range `r`; returns block id and first chunk.
+    /// Takes `chunks` chunks aligned to `alignment` chunks from range `r`: from the lowest block with
+    /// a fitting extent, its smallest bin whose extents are all long enough (the bin below, where only
+    /// some are, is tried last). Returns the block id and first chunk.
     mutating func takeChunks(_ chunks: Int, alignment: Int, range r: Int) -> (Int, Int)? {
         let floorBin = Self.bin(chunks)
         let firstFitting = chunks & (chunks - 1) == 0 ? floorBin : floorBin + 1
-        // Bins from `firstFitting` up hold only extents long enough (barring alignment); the floor
-        // bin, where only some fit, is searched last.
-        var b = firstFitting
-        while true {
-            var p = bins[r][b].count - 1
-            while p >= 0 {
-                let e = bins[r][b][p]
-                let start = Int(e.start), end = start + Int(e.length)
-                let aligned = (start + alignment - 1) & ~(alignment - 1)
-                if aligned + chunks <= end {
-                    let id = Int(e.block)
-                    removeExtent(id, start: start)
-                    if aligned > start { insertExtent(id, start: start, length: aligned - start) }
-                    if aligned + chunks < end { insertExtent(id, start: aligned + chunks, length: end - aligned - chunks) }
-                    blocks[id].bitmap.assign(true, start: aligned, length: chunks)
-                    blocks[id].usedChunks += chunks
-                    return (id, aligned)
+        let fitting: UInt16 = firstFitting < Self.binCount ? ~0 << UInt16(firstFitting) : 0
+        let floorBit: UInt16 = firstFitting != floorBin ? 1 << UInt16(floorBin) : 0
+        for id in packedOrder[r] {
+            var mask = binMasks[id] & (fitting | floorBit)
+            guard mask != 0 else { continue }
+            // Fitting bins from the smallest up, then the floor bin.
+            var candidates = mask & fitting
+            if candidates == 0 { candidates = floorBit }
+            while candidates != 0 {
+                let b = candidates.trailingZeroBitCount, list = id * Self.binCount + b
+                var p = bins[list].count - 1
+                while p >= 0 {
+                    let start = Int(bins[list][p].start), end = start + Int(bins[list][p].length)
+                    let aligned = (start + alignment - 1) & ~(alignment - 1)
+                    if aligned + chunks <= end {
+                        removeExtent(id, start: start)
+                        if aligned > start { insertExtent(id, start: start, length: aligned - start) }
+                        if aligned + chunks < end { insertExtent(id, start: aligned + chunks, length: end - aligned - chunks) }
+                        blocks[id].bitmap.assign(true, start: aligned, length: chunks)
+                        blocks[id].usedChunks += chunks
+                        return (id, aligned)
+                    }
+                    p -= 1
                 }
-                p -= 1
-            }
-            if b == floorBin && firstFitting != floorBin { return nil }  // the floor bin came last
-            b += 1
-            if b == Self.binCount {
-                if firstFitting == floorBin { return nil }
-                b = floorBin
+                mask &= ~(1 << UInt16(b))
+                candidates &= ~(1 << UInt16(b))
+                if candidates == 0 && mask & floorBit != 0 && b != floorBin { candidates = floorBit }
             }
         }
+        return nil
+    }
+
+    /// Adds a committed packed block to the allocation order, with its whole extent.
+    mutating func addPackedBlock(_ id: Int) {
+        let r = id / Self.slotsPerRange
+        let i = packedOrder[r].firstIndex { $0 > id } ?? packedOrder[r].count
+        packedOrder[r].insert(id, at: i)
+        insertExtent(id, start: 0, length: blocks[id].chunkCount)
+    }
+
+    /// Takes an empty packed block out of the allocation order before it is released.
+    mutating func removePackedBlock(_ id: Int) {
+        removeExtent(id, start: 0)
+        packedOrder[id / Self.slotsPerRange].removeAll { $0 == id }
+    }
+
+    /// Every extent of block `id`, for checks and statistics.
+    func extents(of id: Int) -> [Extent] {
+        (0..<Self.binCount).flatMap { bins[id * Self.binCount + $0] }
     }
 
     /// Returns chunks of a packed block, merged with free neighbours into one extent.

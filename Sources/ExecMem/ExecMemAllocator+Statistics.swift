@@ -105,7 +105,9 @@ extension ExecMemAllocator {
                     }
                 }
                 for r in 0..<2 {
-                    for bin in s.bins[r] { for e in bin { t.largestFreeRun = max(t.largestFreeRun, Int(e.length) << ExecMemGeometry.chunkShift) } }
+                    for id in s.packedOrder[r] {
+                        for e in s.extents(of: id) { t.largestFreeRun = max(t.largestFreeRun, Int(e.length) << ExecMemGeometry.chunkShift) }
+                    }
                 }
                 t.fragmentation = t.freeBytes == 0 ? 0 : 1 - Double(t.largestFreeRun) / Double(t.freeBytes)
                 t.collapseFailures = s.collapseFailures
@@ -218,18 +220,29 @@ extension ExecMemAllocator {
                 let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
                 let m = block.meta[i]
                 let b = Int(m >> ArenaState.binShift & 0xF), p = Int(m & ArenaState.positionMask)
-                if m & ArenaState.extentTag == 0 || p >= s.bins[block.range][b].count
-                    || s.bins[block.range][b][p].block != Int32(id) || s.bins[block.range][b][p].start != Int32(i)
-                    || Int(s.bins[block.range][b][p].length) != end - i || ArenaState.bin(end - i) != b {
+                let list = s.bins[id * ArenaState.binCount + b]
+                if m & ArenaState.extentTag == 0 || p >= list.count || list[p].start != Int32(i)
+                    || Int(list[p].length) != end - i || ArenaState.bin(end - i) != b || s.binMasks[id] & (1 << UInt16(b)) == 0 {
                     problems.append("\(where_): free run at chunk \(i) (\(end - i) chunks) has no matching extent")
                 }
                 extentCount += 1
                 i = block.bitmap.firstClear(from: end)
             }
+            let binned = s.extents(of: id).count
+            if binned != extentCount { problems.append("\(where_): \(binned) extents binned, \(extentCount) free runs") }
+            for b in 0..<ArenaState.binCount where (s.binMasks[id] >> UInt16(b) & 1 == 1) != !s.bins[id * ArenaState.binCount + b].isEmpty {
+                problems.append("\(where_): bin mask disagrees with bin \(b)")
+            }
+            if !s.packedOrder[block.range].contains(id) { problems.append("\(where_): missing from the allocation order") }
+            extentCount = 0
             if deep && backend.hasMemory { problems += fillProblems(block, where_) }
         }
-        let binned = s.bins.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } }
-        if binned != extentCount { problems.append("\(s.type): \(binned) extents binned, \(extentCount) free runs") }
+        for r in 0..<2 {
+            let order = s.packedOrder[r]
+            if order != order.sorted() || order.contains(where: { !s.committed.contains($0) || s.blocks[$0].isLarge }) {
+                problems.append("\(s.type): allocation order of range \(r) is wrong")
+            }
+        }
         for kind in ExecMemKind.allCases where perKind[kind.rawValue] != s.kinds[kind.rawValue] {
             problems.append("\(kind): counters \(s.kinds[kind.rawValue]) do not match records \(perKind[kind.rawValue])")
         }

@@ -184,7 +184,7 @@ public final class ExecMemAllocator: Sendable {
         s.nextSerial += 1
         for k in id..<(id + slots) { s.owner[k] = Int32(id) }
         s.committed.insert(id)
-        if slots == 1 { s.insertExtent(id, start: 0, length: s.blocks[id].chunkCount) }
+        if slots == 1 { s.addPackedBlock(id) }
         return id
     }
 
@@ -307,7 +307,7 @@ public final class ExecMemAllocator: Sendable {
     func release(_ s: inout ArenaState, _ id: Int) {
         let block = s.blocks[id]
         if block.openCount > 0 { backend.closeWriteView(block.run, view: block.openView) }
-        if !block.isLarge { s.removeExtent(id, start: 0) }
+        if !block.isLarge { s.removePackedBlock(id) }
         let slots = block.run.length >> ExecMemGeometry.blockShift
         for k in id..<(id + slots) { s.owner[k] = -1 }
         s.blocks[id] = BlockState.uncommitted

@@ -63,7 +63,8 @@ import Testing
         s.rangeBase[0] = 1 << 30
         s.blocks[0] = BlockState(id: 0, serial: 1, run: run)
         s.owner[0] = 0
-        s.insertExtent(0, start: 0, length: ExecMemGeometry.chunksPerBlock)
+        s.committed.insert(0)
+        s.addPackedBlock(0)
         var rng = SplitMix64(state: 5)
         var live: [(Int, Int)] = []
         for _ in 0..<5000 {
@@ -88,9 +89,10 @@ import Testing
             runs += 1
             i = block.bitmap.firstClear(from: end)
         }
-        #expect(s.bins[0].reduce(0) { $0 + $1.count } == runs)
+        #expect(s.extents(of: 0).count == runs)
         for (start, n) in live { s.giveChunks(0, start: start, chunks: n) }
-        #expect(s.bins[0].reduce(0) { $0 + $1.count } == 1)
-        #expect(s.bins[0][15].first?.length == Int32(ExecMemGeometry.chunksPerBlock))
+        #expect(s.extents(of: 0).count == 1)
+        #expect(s.bins[15].first?.length == Int32(ExecMemGeometry.chunksPerBlock))
+        #expect(s.binMasks[0] == 1 << 15)
     }
 }
