@@ -34,6 +34,8 @@ struct BlockRecord {
 
 struct BlockState {
     let id: Int
+    let range: Int
+    let slot: Int
     let serial: UInt64
     let run: CommittedRun
     let chunkCount: Int
@@ -48,8 +50,10 @@ struct BlockState {
     var openCount = 0
     var openView: UInt = 0
 
-    init(id: Int, serial: UInt64, run: CommittedRun) {
+    init(id: Int, range: Int, slot: Int, serial: UInt64, run: CommittedRun) {
         self.id = id
+        self.range = range
+        self.slot = slot
         self.serial = serial
         self.run = run
         chunkCount = run.length >> ExecMemGeometry.chunkShift
@@ -59,14 +63,12 @@ struct BlockState {
     }
 
     /// The placeholder in slots where no run starts.
-    static let uncommitted = BlockState(id: -1, serial: 0, run: CommittedRun(address: 0, length: 0, type: .text, hugeMapped: false))
+    static let uncommitted = BlockState(id: -1, range: 0, slot: 0, serial: 0, run: CommittedRun(address: 0, length: 0, type: .text, hugeMapped: false))
 
     var isCommitted: Bool { id >= 0 }
     var base: UInt { run.address }
     var type: ExecMemType { run.type }
     var isLarge: Bool { run.length > ExecMemGeometry.blockSize }
-    var range: Int { id / ArenaState.slotsPerRange }
-    var slot: Int { id % ArenaState.slotsPerRange }
     var isEmpty: Bool { liveRecords == 0 }
     var freeChunks: Int { chunkCount - usedChunks }
 
@@ -108,8 +110,6 @@ struct KindCounters: Equatable {
 }
 
 struct ArenaState {
-    /// Slots per range: a range is at most 2 GiB of 2 MiB blocks.
-    static let slotsPerRange = ExecMemGeometry.maxRangeSize >> ExecMemGeometry.blockShift  // 1,024
     static let binCount = ExecMemGeometry.blockShift - ExecMemGeometry.chunkShift + 1  // 16
     static let allocationTag: UInt32 = 1 << 31
     static let extentTag: UInt32 = 1 << 30
@@ -117,17 +117,21 @@ struct ArenaState {
     static let positionMask: UInt32 = (1 << 25) - 1
 
     let type: ExecMemType
-    /// Committed runs by the id of their first slot; `BlockState.uncommitted` elsewhere.
-    var blocks = [BlockState](repeating: .uncommitted, count: 2 * slotsPerRange)
+    /// Slots of the larger range: block id = range * slotsPerRange + slot.
+    let slotsPerRange: Int
+    /// Committed runs by the id of their first slot; `BlockState.uncommitted` elsewhere. The tables
+    /// below are sized at the type's first commit, so a type never used costs nothing.
+    var blocks: [BlockState] = []
     /// Slot id -> id of the run covering it, or -1.
-    var owner = [Int32](repeating: -1, count: 2 * slotsPerRange)
-    /// Base of each range this arena has committed in (0 until then).
+    var owner: [Int32] = []
+    /// Base of each range this arena has committed in (0 until then, so lookups never touch the
+    /// tables before they exist).
     var rangeBase: [UInt] = [0, 0]
     var committed = Set<Int>()
     /// Free extents of packed blocks, per block and bin: `bins[id * binCount + bin]`.
-    var bins = [[Extent]](repeating: [], count: 2 * slotsPerRange * binCount)
+    var bins: [[Extent]] = []
     /// Per block: bit k set when bin k holds an extent.
-    var binMasks = [UInt16](repeating: 0, count: 2 * slotsPerRange)
+    var binMasks: [UInt16] = []
     /// Packed blocks of each range in address order: the order allocation tries them.
     var packedOrder: [[Int]] = [[], []]
     var kinds = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
@@ -136,7 +140,22 @@ struct ArenaState {
     var nextCounter: UInt64 = 1
     var nextSerial: UInt64 = 1
 
-    init(type: ExecMemType) { self.type = type }
+    init(type: ExecMemType, slotsPerRange: Int) {
+        self.type = type
+        self.slotsPerRange = slotsPerRange
+    }
+
+    /// Sizes the tables, once, before the first commit.
+    mutating func prepareTables() {
+        guard blocks.isEmpty else { return }
+        let ids = 2 * slotsPerRange
+        blocks = [BlockState](repeating: .uncommitted, count: ids)
+        owner = [Int32](repeating: -1, count: ids)
+        bins = [[Extent]](repeating: [], count: ids * Self.binCount)
+        binMasks = [UInt16](repeating: 0, count: ids)
+    }
+
+    func id(range r: Int, slot: Int) -> Int { r * slotsPerRange + slot }
 
     mutating func newAllocationID() -> UInt64 {
         defer { nextCounter += 1 }
@@ -153,9 +172,9 @@ struct ArenaState {
             let base = rangeBase[r]
             guard base != 0, address >= base else { continue }
             let slot = Int((address - base) >> UInt(ExecMemGeometry.blockShift))
-            guard slot < Self.slotsPerRange else { continue }
-            let o = owner[r * Self.slotsPerRange + slot]
-            return o >= 0 ? Int(o) : nil
+            guard slot < slotsPerRange else { continue }
+            let o = owner[r * slotsPerRange + slot]
+            if o >= 0 { return Int(o) }
         }
         return nil
     }
@@ -231,7 +250,7 @@ struct ArenaState {
 
     /// Adds a committed packed block to the allocation order, with its whole extent.
     mutating func addPackedBlock(_ id: Int) {
-        let r = id / Self.slotsPerRange
+        let r = blocks[id].range
         let i = packedOrder[r].firstIndex { $0 > id } ?? packedOrder[r].count
         packedOrder[r].insert(id, at: i)
         insertExtent(id, start: 0, length: blocks[id].chunkCount)
@@ -240,7 +259,7 @@ struct ArenaState {
     /// Takes an empty packed block out of the allocation order before it is released.
     mutating func removePackedBlock(_ id: Int) {
         removeExtent(id, start: 0)
-        packedOrder[id / Self.slotsPerRange].removeAll { $0 == id }
+        packedOrder[blocks[id].range].removeAll { $0 == id }
     }
 
     /// Every extent of block `id`, for checks and statistics.

@@ -47,8 +47,7 @@ public final class ExecMemAllocator: Sendable {
         hostImage = HostImage.current()
         pool = Mutex(Pool(ranges: [RangeState(index: 0, base: placed.base, size: configuration.rangeSize, note: placed.note)]))
         arenas = ExecMemType.allCases.map { t in
-            var s = ArenaState(type: t)
-            s.rangeBase[0] = placed.base
+            var s = ArenaState(type: t, slotsPerRange: max(configuration.rangeSize, configuration.fallbackSize) >> ExecMemGeometry.blockShift)
             return Arena(s)
         }
         Membarrier.register()
@@ -178,9 +177,10 @@ public final class ExecMemAllocator: Sendable {
             s.collapseFailures += 1
             if s.collapseFailures == 1 { pool.withLock { $0.notes.append("\(type) at \(hexAddress(run.address)): \(note)") } }
         }
-        let id = r * ArenaState.slotsPerRange + slot
+        s.prepareTables()
+        let id = s.id(range: r, slot: slot)
         s.rangeBase[r] = range.base
-        s.blocks[id] = BlockState(id: id, serial: s.nextSerial, run: run)
+        s.blocks[id] = BlockState(id: id, range: r, slot: slot, serial: s.nextSerial, run: run)
         s.nextSerial += 1
         for k in id..<(id + slots) { s.owner[k] = Int32(id) }
         s.committed.insert(id)

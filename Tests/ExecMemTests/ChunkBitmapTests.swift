@@ -59,9 +59,10 @@ import Testing
     /// Allocating and freeing through an arena's extents keeps exactly one extent per maximal free run.
     @Test func extentsTrackTheBitmap() throws {
         let run = CommittedRun(address: 1 << 30, length: ExecMemGeometry.blockSize, type: .text, hugeMapped: false)
-        var s = ArenaState(type: .text)
+        var s = ArenaState(type: .text, slotsPerRange: 4)
+        s.prepareTables()
         s.rangeBase[0] = 1 << 30
-        s.blocks[0] = BlockState(id: 0, serial: 1, run: run)
+        s.blocks[0] = BlockState(id: 0, range: 0, slot: 0, serial: 1, run: run)
         s.owner[0] = 0
         s.committed.insert(0)
         s.addPackedBlock(0)
