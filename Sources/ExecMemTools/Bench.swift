@@ -47,6 +47,7 @@ public enum Bench {
 
     static func alloc(scale: Double) throws -> [BenchResult] {
         let operations = max(2000, Int(200_000 * scale))
+        let warmup = operations / 4
         func ours(_ config: ExecMemConfiguration) throws -> Double {
             let mem = try ExecMemAllocator(config)
             var sizes = FleetSizes(seed: 7)
@@ -59,8 +60,10 @@ public enum Bench {
                     try mem.write(UnsafeRawBufferPointer(rebasing: bytes[0..<n]), to: a)
                     slots.append(a)
                 }
-                let t = Clock.now
-                for _ in 0..<operations {
+                // Warm up to the steady state (the blocks churn settles on), then time.
+                var t = Clock.now
+                for round in 0..<(warmup + operations) {
+                    if round == warmup { t = Clock.now }
                     let i = Int(rng.next() % UInt64(liveAllocations))
                     try mem.free(slots[i])
                     let n = sizes.next()
@@ -79,8 +82,9 @@ public enum Bench {
                 for _ in 0..<liveAllocations {
                     slots.append(try MmapPerAllocation.install(UnsafeRawBufferPointer(rebasing: bytes[0..<sizes.next()])))
                 }
-                let t = Clock.now
-                for _ in 0..<operations {
+                var t = Clock.now
+                for round in 0..<(warmup + operations) {
+                    if round == warmup { t = Clock.now }
                     let i = Int(rng.next() % UInt64(liveAllocations))
                     try MmapPerAllocation.free(slots[i])
                     slots[i] = try MmapPerAllocation.install(UnsafeRawBufferPointer(rebasing: bytes[0..<sizes.next()]))
@@ -95,7 +99,7 @@ public enum Bench {
         transient.writeView = .transient
         var anonymous = ExecMemConfiguration()
         anonymous.backing = .anonymous
-        let note = "\(liveAllocations) live, \(operations) operations of free + allocate + write, fleet sizes"
+        let note = "\(liveAllocations) live, \(operations) timed operations of free + allocate + write after \(warmup) warm-up ones, fleet sizes"
         return try [("memfd, persistent write view", ExecMemConfiguration()),
                     ("memfd, transient write view", transient),
                     ("anonymous, whole-block mprotect", anonymous)].map { name, config in
