@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "ExecMemTools", dependencies: ["ExecMem", "ExecMemSystem"]),
         .executableTarget(
             name: "execmem",
-            dependencies: ["ExecMemTools", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ExecMemTools", "ExecMemSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),

@@ -74,7 +74,7 @@ public final class AnonymousBackend: ExecMemBackend {
             try Sys.mprotect(address: run.address, length: run.length, protection: run.type.runProtection.bits)
         } catch {
             // Leaving text writable would break W^X; a failure here is not recoverable.
-            fatalError("ExecMem: cannot restore \(run.type.runProtection) on \(hexAddress(run.address)): \(error)")
+            fatalError("ExecMem: cannot restore \(run.type.runProtection) on \(hex(run.address)): \(error)")
         }
     }
 

@@ -107,7 +107,7 @@ enum Reservation {
                                            flags: flags | SysConst.mapFixedNoReplace, call: "mmap(MAP_FIXED_NOREPLACE)"))
             if got != address {  // kernels before 4.17 treat the flag as a hint
                 try? Sys.munmap(address: got, length: size)
-                throw .placementFailed("the kernel placed the range at \(hexAddress(got)), not \(hexAddress(address))")
+                throw .placementFailed("the kernel placed the range at \(hex(got)), not \(hex(address))")
             }
             return got
         }
@@ -128,7 +128,7 @@ enum Reservation {
             _ = try Sys.mmap(address: address, length: length, protection: .none, flags: flags)
         } catch {
             // Failing to map over our own reservation means the address space is corrupt.
-            fatalError("ExecMem: cannot restore the reservation at \(hexAddress(address)): \(error)")
+            fatalError("ExecMem: cannot restore the reservation at \(hex(address)): \(error)")
         }
     }
 

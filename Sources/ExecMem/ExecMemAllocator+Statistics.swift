@@ -180,7 +180,7 @@ extension ExecMemAllocator {
         for id in s.committed {
             let block = s.blocks[id]
             guard block.isCommitted else { problems.append("\(s.type): committed id \(id) has no block"); continue }
-            let where_ = "\(s.type) block \(hexAddress(block.base))"
+            let where_ = "\(s.type) block \(hex(block.base))"
             let slots = block.run.length >> ExecMemGeometry.blockShift
             if block.id != id || block.type != s.type || s.rangeBase[block.range] + UInt(block.slot << ExecMemGeometry.blockShift) != block.base {
                 problems.append("\(where_): misfiled")

@@ -153,7 +153,7 @@ public final class ExecMemAllocator: Sendable {
                     let placed = try RangePlacer.place(size: configuration.fallbackSize, placement: configuration.fallbackPlacement,
                                                        backend: backend, rng: &rng)
                     p.ranges.append(RangeState(index: 1, base: placed.base, size: configuration.fallbackSize, note: placed.note))
-                    p.notes.append("fallback range reserved at \(hexAddress(placed.base)): \(placed.note)")
+                    p.notes.append("fallback range reserved at \(hex(placed.base)): \(placed.note)")
                 } catch {
                     p.fallbackFailed = error.description
                     p.notes.append("fallback range unavailable: \(error)")
@@ -175,7 +175,7 @@ public final class ExecMemAllocator: Sendable {
         }
         if !run.hugeMapped && type.wantsHugePages, let note = run.note {
             s.collapseFailures += 1
-            if s.collapseFailures == 1 { pool.withLock { $0.notes.append("\(type) at \(hexAddress(run.address)): \(note)") } }
+            if s.collapseFailures == 1 { pool.withLock { $0.notes.append("\(type) at \(hex(run.address)): \(note)") } }
         }
         s.prepareTables()
         let id = s.id(range: r, slot: slot)

@@ -40,15 +40,15 @@ public enum ExecMemError: Error, CustomStringConvertible, Sendable, Equatable {
         case let .placementFailed(what):
             "placement failed: \(what)"
         case let .doubleFree(address, kind, id):
-            "double free of \(kind) allocation \(hexAddress(address)) (id \(id)): it is no longer live"
+            "double free of \(kind) allocation \(hex(address)) (id \(id)): it is no longer live"
         case let .foreignPointer(address, reason):
-            "foreign pointer \(hexAddress(address)): \(reason)"
+            "foreign pointer \(hex(address)): \(reason)"
         case let .outOfBounds(address, offset, count, size):
-            "write out of bounds: \(count) bytes at offset \(offset) of the \(size)-byte allocation at \(hexAddress(address))"
+            "write out of bounds: \(count) bytes at offset \(offset) of the \(size)-byte allocation at \(hex(address))"
         case let .sealed(address, id):
-            "write to sealed ro-after-init allocation \(hexAddress(address)) (id \(id))"
+            "write to sealed ro-after-init allocation \(hex(address)) (id \(id))"
         case let .notSealable(address, type):
-            "cannot seal \(hexAddress(address)): its type is \(type), only roAfterInit seals"
+            "cannot seal \(hex(address)): its type is \(type), only roAfterInit seals"
         case let .system(e):
             e.description
         }

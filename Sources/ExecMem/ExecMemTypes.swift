@@ -13,6 +13,8 @@
 //   kind     who asked: module text and data, probe slots, trace trampolines, BPF programs
 //            (enum execmem_type). Each kind maps onto a type, with an alignment and a range choice.
 
+import ExecMemSystem
+
 /// Sizes derive from two shifts.
 public enum ExecMemGeometry {
     public static let blockShift = 21  // 2 MiB, one x86-64 PMD
@@ -175,8 +177,7 @@ public struct Allocation: Hashable, Sendable, CustomStringConvertible {
     public var end: UInt { address + UInt(size) }
 
     public var description: String {
-        "\(kind)/\(type) \(hexAddress(address)) size \(size) (capacity \(capacity), id \(id))"
+        "\(kind)/\(type) \(hex(address)) size \(size) (capacity \(capacity), id \(id))"
     }
 }
 
-func hexAddress(_ value: UInt) -> String { "0x" + String(value, radix: 16) }

@@ -44,10 +44,12 @@ public struct HostImage: Sendable, Codable, Equatable {
     }
 }
 
-/// A small, seedable generator (SplitMix64) so tests can pin the randomized base.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
+/// A small, seedable generator (SplitMix64): pins the randomized base in tests, and drives the
+/// deterministic workloads of the demo and benchmarks.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(state: UInt64) { self.state = state }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -72,9 +74,9 @@ enum RangePlacer {
         case let .hint(address):
             let aligned = (address + block - 1) & ~(block - 1)
             do throws(ExecMemError) {
-                return (try backend.reserve(size: size, at: aligned), "at the caller's hint \(hexAddress(aligned))")
+                return (try backend.reserve(size: size, at: aligned), "at the caller's hint \(hex(aligned))")
             } catch {
-                throw .placementFailed("cannot reserve \(size) bytes at the hint \(hexAddress(aligned)): \(error)")
+                throw .placementFailed("cannot reserve \(size) bytes at the hint \(hex(aligned)): \(error)")
             }
         case .nearExecutable:
             for _ in 0..<8 {

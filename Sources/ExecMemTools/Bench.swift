@@ -227,7 +227,8 @@ struct ResidentMemory {
     }
 }
 
-func percent(_ x: Double) -> String {
+/// `0.123` -> `12.3%`.
+public func percent(_ x: Double) -> String {
     let p = (x * 1000).rounded() / 10
     return "\(p)%"
 }

@@ -1,6 +1,7 @@
 // Text renderings of the reports: aligned tables a person can read at a glance.
 
 import ExecMem
+import ExecMemSystem
 import ExecMemTools
 
 func mib(_ bytes: Int) -> String {
@@ -8,9 +9,7 @@ func mib(_ bytes: Int) -> String {
     return m >= 100 ? "\(Int(m.rounded())) MiB" : "\((m * 100).rounded() / 100) MiB"
 }
 
-func pct(_ x: Double) -> String { "\((x * 1000).rounded() / 10)%" }
 
-func hexString(_ v: UInt) -> String { "0x" + String(v, radix: 16) }
 
 /// Prints rows as columns padded to their widest cell; the first row is the header.
 func printTable(_ rows: [[String]], indent: String = "  ") {
@@ -33,7 +32,7 @@ extension String {
 func printDemo(_ r: DemoReport) {
     print("ExecMem demo: \(r.functionsInstalled) generated x86-64 functions across BPF, probe, trace and module-text kinds")
     print("  backend \(r.backend), \(r.layout)")
-    print("  range \(hexString(r.rangeBase)) + \(mib(r.rangeSize)): \(r.placement)")
+    print("  range \(hex(r.rangeBase)) + \(mib(r.rangeSize)): \(r.placement)")
     print("  reaches the executable with rel32: \(r.primaryReachesExecutable ? "yes" : "no"); farthest function to executable text: \(mib(Int(r.maxDistanceToExecutableText)))")
     print("")
     print("  ran \(r.functionsRun) calls, \(r.wrongResults) wrong results; \(r.hostCallsDirect) functions call the host with call rel32 (\(r.hostCallsIndirect) indirectly), \(r.rodataTables) rodata tables read RIP-relative")
@@ -43,7 +42,7 @@ func printDemo(_ r: DemoReport) {
     var rows = [["type", "blocks", "allocations", "used", "requested", "free", "largest free", "fragmentation", "2 MiB pages"]]
     for t in r.types {
         rows.append([t.type.description, "\(t.blocks)", "\(t.allocations)", mib(t.usedBytes), mib(t.requestedBytes),
-                     mib(t.freeBytes), mib(t.largestFreeRun), pct(t.fragmentation), t.reservedBytes == 0 ? "-" : pct(t.hugePageCoverage)])
+                     mib(t.freeBytes), mib(t.largestFreeRun), percent(t.fragmentation), t.reservedBytes == 0 ? "-" : percent(t.hugePageCoverage)])
     }
     printTable(rows)
     print("")
@@ -53,7 +52,7 @@ func printDemo(_ r: DemoReport) {
     }
     printTable(rows)
     print("")
-    print("  text huge-page coverage (smaps): \(pct(r.hugePageCoverage))")
+    print("  text huge-page coverage (smaps): \(percent(r.hugePageCoverage))")
     print("  W^X scan of /proc/self/maps: \(r.writableExecutableMappings) writable+executable mappings")
     print("  invariants: \(r.invariantViolations.isEmpty ? "hold" : r.invariantViolations.joined(separator: "; "))")
     for note in r.notes.dropFirst() { print("  note: \(note)") }
@@ -75,9 +74,9 @@ func printDoctor(_ r: DoctorReport) {
         ["vm.max_map_count", k.maxMapCount.map(String.init) ?? "unknown"],
     ])
     print("")
-    print("  range (\(mib(r.rangeSize))): \(r.rangeBase.map(hexString) ?? "-") \(r.rangePlacement)")
+    print("  range (\(mib(r.rangeSize))): \(r.rangeBase.map(hex) ?? "-") \(r.rangePlacement)")
     if let e = r.executable {
-        print("  executable \(e.path): \(hexString(e.start))-\(hexString(e.end)), text \(hexString(e.textStart))-\(hexString(e.textEnd))")
+        print("  executable \(e.path): \(hex(e.start))-\(hex(e.end)), text \(hex(e.textStart))-\(hex(e.textEnd))")
     }
     print("  range and executable span \(r.maxDistanceToExecutable.map { mib(Int($0)) } ?? "-"); rel32 reach: \(r.rangeReachesExecutable ? "yes" : "no")")
     print("  a full range needs \(r.mappingsNeededForFullRange) mappings")
