@@ -7,11 +7,13 @@ let package = Package(
     name: "ExecMem",
     products: [
         .library(name: "ExecMem", targets: ["ExecMem"]),
+        .library(name: "ExecMemBPF", targets: ["ExecMemBPF"]),
         .executable(name: "execmem", targets: ["execmem"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
     ],
     targets: [
         // Declarations Swift's Glibc module cannot see (memfd_create, MADV_COLLAPSE, membarrier).
@@ -23,14 +25,23 @@ let package = Package(
         ),
         // Ranges, types, blocks, packing, write views, statistics.
         .target(name: "ExecMem", dependencies: ["ExecMemSystem"]),
+        // One ELF reader: headers, sections, symbols, relocations, ar archives.
+        .target(name: "ExecMemELF"),
+        // eBPF: assembler, ELF programs, maps, verifier, interpreter, x86-64 JIT into packed text.
+        .target(
+            name: "ExecMemBPF",
+            dependencies: ["ExecMem", "ExecMemELF", .product(name: "Atomics", package: "swift-atomics")]
+        ),
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
-        .target(name: "ExecMemTools", dependencies: ["ExecMem", "ExecMemSystem"]),
+        .target(name: "ExecMemTools", dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF"]),
         .executableTarget(
             name: "execmem",
             dependencies: ["ExecMemTools", "ExecMemSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
+        .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
+        .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],
     swiftLanguageModes: [.v6]

@@ -62,6 +62,25 @@ public final class ExecMemAllocator: Sendable {
         pool.withLock { p in for r in p.ranges { backend.release(base: r.base, size: r.size) } }
     }
 
+    private static let sharedInstance = Mutex<ExecMemAllocator?>(nil)
+
+    /// The process's default allocator (default configuration), created on first use. Clients that
+    /// are not given an allocator share this one, so everything lands in one range near the
+    /// executable instead of one range per client.
+    public static func shared() throws(ExecMemError) -> ExecMemAllocator {
+        let r: Result<ExecMemAllocator, ExecMemError> = sharedInstance.withLock { slot in
+            if let a = slot { return .success(a) }
+            do throws(ExecMemError) {
+                let a = try ExecMemAllocator()
+                slot = a
+                return .success(a)
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try r.get()
+    }
+
     static func makeBackend(_ c: ExecMemConfiguration) -> any ExecMemBackend {
         switch c.backing {
         case .memfd: MemfdBackend(writeMode: c.writeView, collapse: c.collapseHugePages)

@@ -1,0 +1,116 @@
+// The runtime object a host creates: its helpers (the map helpers, plus its own by number), the
+// allocator JIT code goes to (the process's shared one unless given), and the programs it loads.
+// Loading verifies; running picks an engine.
+
+import ExecMem
+import Synchronization
+
+public enum BPFEngine: String, Sendable, CaseIterable, Codable {
+    case interpreter
+    case jit
+}
+
+public final class BPFVM: @unchecked Sendable {
+    private let state = Mutex<[Int32: BPFHelper]>(MapHelpers.builtins)
+    let allocatorOverride: ExecMemAllocator?
+
+    /// - Parameter allocator: where JIT code goes; the process's shared allocator when nil.
+    public init(allocator: ExecMemAllocator? = nil) {
+        allocatorOverride = allocator
+    }
+
+    public var allocator: ExecMemAllocator {
+        get throws(BPFError) {
+            if let a = allocatorOverride { return a }
+            do { return try ExecMemAllocator.shared() } catch { throw .allocator(error) }
+        }
+    }
+
+    /// Registers (or replaces) helper `number`.
+    public func register(_ number: Int32, _ helper: BPFHelper) {
+        state.withLock { $0[number] = helper }
+    }
+
+    public var helpers: [Int32: BPFHelper] { state.withLock { $0 } }
+
+    /// Verifies and loads a program. `maps` are the maps its `lddw` immediates may name.
+    public func load(_ instructions: [BPFInstruction], name: String = "program", maps: [BPFMap] = []) throws(BPFError) -> BPFProgram {
+        let helpers = self.helpers
+        let functions = try BPFVerifier(helpers: Set(helpers.keys)).verify(instructions)
+        return BPFProgram(vm: self, name: name, instructions: instructions, functions: functions, helpers: helpers, maps: maps)
+    }
+
+    /// Assembles, verifies and loads conformance-dialect source.
+    public func load(assembly: String, name: String = "program") throws(BPFError) -> BPFProgram {
+        try load(try BPFAssembler.assemble(assembly), name: name)
+    }
+}
+
+/// A verified program: runs on the interpreter, or on x86-64 code the JIT wrote into packed BPF-kind
+/// text of the allocator (compiled on first use, freed, and trap-filled, with the program).
+public final class BPFProgram: @unchecked Sendable {
+    public let name: String
+    public let instructions: [BPFInstruction]
+    /// First instruction of each function; 0 is the entry.
+    public let functions: [Int]
+    let helpers: [Int32: BPFHelper]
+    public let maps: [BPFMap]
+    let mapsByHandle: [UInt: BPFMap]
+    /// Memory besides the stack and context that the program may address: its maps' value slabs.
+    let regions: [MemoryRegion]
+    unowned let vm: BPFVM
+    private let compiled = Mutex<JITCode?>(nil)
+
+    init(vm: BPFVM, name: String, instructions: [BPFInstruction], functions: [Int], helpers: [Int32: BPFHelper], maps: [BPFMap]) {
+        self.vm = vm
+        self.name = name
+        self.instructions = instructions
+        self.functions = functions
+        self.helpers = helpers
+        self.maps = maps
+        mapsByHandle = Dictionary(maps.map { ($0.handle, $0) }, uniquingKeysWith: { a, _ in a })
+        regions = maps.map(\.region)
+    }
+
+    /// Runs the program with r1 = the memory's address and r2 = its length; returns r0.
+    public func run(memory: UnsafeMutableRawBufferPointer? = nil, engine: BPFEngine = .jit) throws(BPFError) -> UInt64 {
+        switch engine {
+        case .interpreter: return try interpret(memory: memory)
+        case .jit: return try jitCode().run(self, memory: memory)
+        }
+    }
+
+    /// Runs over a copy of `bytes` (the context the program sees and may change).
+    public func run(bytes: [UInt8], engine: BPFEngine = .jit) throws(BPFError) -> UInt64 {
+        var copy = bytes
+        let r = copy.withUnsafeMutableBytes { b in Result { () throws(BPFError) in try run(memory: b.count == 0 ? nil : b, engine: engine) } }
+        return try r.get()
+    }
+
+    /// The JIT code, compiled on first use.
+    func jitCode(options: JITOptions = .init()) throws(BPFError) -> JITCode {
+        let r: Result<JITCode, BPFError> = compiled.withLock { slot in
+            if let c = slot { return .success(c) }
+            do throws(BPFError) {
+                let c = try BPFJIT.compile(self, allocator: try vm.allocator, options: options)
+                slot = c
+                return .success(c)
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try r.get()
+    }
+
+    /// Compiles now (with `options`), replacing earlier JIT code.
+    public func compile(options: JITOptions = .init()) throws(BPFError) {
+        let c = try BPFJIT.compile(self, allocator: try vm.allocator, options: options)
+        compiled.withLock { $0 = c }
+    }
+
+    /// The JIT code's allocation, once compiled.
+    public var jitAllocation: Allocation? { compiled.withLock { $0?.allocation } }
+
+    /// Frees the JIT code now (it is also freed when the program goes away).
+    public func unload() { compiled.withLock { $0 = nil } }
+}

@@ -1,0 +1,118 @@
+// Helpers: host functions programs call by number (`call N`). The map helpers keep Linux's numbers
+// (bpf_map_lookup_elem 1, bpf_map_update_elem 2, bpf_map_delete_elem 3); hosts register their own as
+// C functions (called directly by JIT code, with `call rel32` when in reach) or Swift closures
+// (called through one dispatcher). A helper that a program passes a bad map or pointer does not
+// crash: it faults the run, which stops with a runtime error at the call.
+
+import Synchronization
+
+public typealias BPFHelperFunction = @convention(c) (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64
+
+public struct BPFHelper: Sendable {
+    public enum Implementation: Sendable {
+        case c(BPFHelperFunction)
+        case swift(@Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64)
+    }
+
+    public let name: String
+    public let implementation: Implementation
+    /// When the helper returns 0 the program stops at once with r0 = 0 (the conformance suite's
+    /// "unwind" helper, Linux's bpf_tail_call in spirit).
+    public let unwindsOnZero: Bool
+    /// For Swift closures: the index the dispatcher finds it by.
+    let swiftIndex: Int
+
+    public init(name: String, unwindsOnZero: Bool = false, _ function: BPFHelperFunction) {
+        self.name = name; self.unwindsOnZero = unwindsOnZero; implementation = .c(function); swiftIndex = -1
+    }
+
+    public init(name: String, unwindsOnZero: Bool = false, _ body: @escaping @Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64) {
+        self.name = name; self.unwindsOnZero = unwindsOnZero; implementation = .swift(body)
+        swiftIndex = SwiftHelperTable.register(body)
+    }
+
+    @inline(__always)
+    func call(_ a: UInt64, _ b: UInt64, _ c: UInt64, _ d: UInt64, _ e: UInt64) -> UInt64 {
+        switch implementation {
+        case let .c(f): f(a, b, c, d, e)
+        case let .swift(f): f(a, b, c, d, e)
+        }
+    }
+
+    /// The address JIT code calls: the C function itself, or the Swift dispatcher.
+    var entryAddress: UInt {
+        switch implementation {
+        case let .c(f): UInt(bitPattern: unsafeBitCast(f, to: UnsafeRawPointer.self))
+        case .swift: UInt(bitPattern: unsafeBitCast(swiftHelperDispatcher, to: UnsafeRawPointer.self))
+        }
+    }
+}
+
+// MARK: - Swift closures behind one C entry point
+
+/// Closures JIT code reaches through `swiftHelperDispatcher`, which gets the closure's index in its
+/// sixth argument (r9). Append-only, so an index stays valid for the process's life.
+enum SwiftHelperTable {
+    static let table = Mutex<[@Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64]>([])
+
+    static func register(_ f: @escaping @Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64) -> Int {
+        table.withLock { t in t.append(f); return t.count - 1 }
+    }
+}
+
+typealias SwiftHelperDispatcher = @convention(c) (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64
+
+let swiftHelperDispatcher: SwiftHelperDispatcher = { a, b, c, d, e, index in
+    let f = SwiftHelperTable.table.withLock { $0[Int(index)] }
+    return f(a, b, c, d, e)
+}
+
+// MARK: - The map helpers
+
+enum MapHelpers {
+    /// The map behind a handle the running program passed, if it is one of the program's maps.
+    static func map(_ handle: UInt64, _ helper: String) -> (RunContext, BPFMap)? {
+        guard let run = RunContext.current else { return nil }
+        guard let m = run.program?.mapsByHandle[UInt(handle)] else {
+            run.helperMessage = "\(helper): 0x\(String(handle, radix: 16)) is not a map of this program"
+            run.set(.fault, RunFault.helperFault.rawValue)
+            return nil
+        }
+        return (run, m)
+    }
+
+    /// Checks that `[address, + size)` is accessible; faults the run otherwise.
+    static func check(_ run: RunContext, _ address: UInt64, _ size: Int, _ what: String, _ helper: String) -> UnsafeMutableRawPointer? {
+        guard run.accessible(address, size, write: false), let p = UnsafeMutableRawPointer(bitPattern: UInt(address)) else {
+            run.helperMessage = "\(helper): \(what) pointer 0x\(String(address, radix: 16)) (\(size) bytes) is not accessible memory"
+            run.set(.fault, RunFault.helperFault.rawValue)
+            return nil
+        }
+        return p
+    }
+
+    static let lookup: BPFHelperFunction = { handle, key, _, _, _ in
+        guard let (run, m) = map(handle, "bpf_map_lookup_elem"),
+              let k = check(run, key, m.keySize, "key", "bpf_map_lookup_elem") else { return 0 }
+        return UInt64(UInt(bitPattern: m.lookup(key: k)))
+    }
+
+    static let update: BPFHelperFunction = { handle, key, value, flags, _ in
+        guard let (run, m) = map(handle, "bpf_map_update_elem"),
+              let k = check(run, key, m.keySize, "key", "bpf_map_update_elem"),
+              let v = check(run, value, m.valueSize, "value", "bpf_map_update_elem") else { return 0 }
+        return UInt64(bitPattern: m.update(key: k, value: v, flags: flags))
+    }
+
+    static let delete: BPFHelperFunction = { handle, key, _, _, _ in
+        guard let (run, m) = map(handle, "bpf_map_delete_elem"),
+              let k = check(run, key, m.keySize, "key", "bpf_map_delete_elem") else { return 0 }
+        return UInt64(bitPattern: m.delete(key: k))
+    }
+
+    static let builtins: [Int32: BPFHelper] = [
+        1: BPFHelper(name: "bpf_map_lookup_elem", lookup),
+        2: BPFHelper(name: "bpf_map_update_elem", update),
+        3: BPFHelper(name: "bpf_map_delete_elem", delete),
+    ]
+}

@@ -1,0 +1,157 @@
+// BPF maps: array and hash maps that programs reach through Linux's helper numbers
+// (bpf_map_lookup_elem 1, bpf_map_update_elem 2, bpf_map_delete_elem 3) and the host reaches
+// through Swift methods. A map's values live in one slab allocated once, so a pointer a lookup hands
+// to a program stays inside memory the bounds checks know (the slab is one region), whatever later
+// updates and deletes do; ELF data sections (.rodata, .data, .bss) are array maps of one element.
+
+import Synchronization
+
+public enum BPFMapType: UInt32, Sendable, Codable {
+    case hash = 1
+    case array = 2
+}
+
+/// Linux's update flags.
+public enum BPFUpdateFlag: UInt64, Sendable {
+    case any = 0
+    case noExist = 1
+    case exist = 2
+}
+
+public final class BPFMap: @unchecked Sendable {
+    public let name: String
+    public let type: BPFMapType
+    public let keySize: Int
+    public let valueSize: Int
+    public let maxEntries: Int
+    /// Read-only to programs (a .rodata section).
+    public let readOnly: Bool
+    /// Value slab: `maxEntries` values of `valueStride` bytes.
+    let values: UnsafeMutableRawPointer
+    let valueStride: Int
+    /// Hash maps: key bytes per slot, and which slots are used, under `lock`.
+    private let keys: UnsafeMutableRawPointer?
+    private let lock = Mutex<HashIndex>(HashIndex())
+
+    struct HashIndex {
+        /// Key bytes -> slot.
+        var slots: [[UInt8]: Int] = [:]
+        var free: [Int] = []
+    }
+
+    public init(name: String, type: BPFMapType, keySize: Int, valueSize: Int, maxEntries: Int, readOnly: Bool = false) throws(BPFError) {
+        guard keySize > 0, valueSize > 0, maxEntries > 0 else {
+            throw .map(name: name, reason: "key size \(keySize), value size \(valueSize) and max entries \(maxEntries) must be positive")
+        }
+        if type == .array && keySize != 4 { throw .map(name: name, reason: "array maps take 4-byte keys, not \(keySize)") }
+        guard valueSize <= 1 << 26, maxEntries <= 1 << 24, keySize <= 512 else {
+            throw .map(name: name, reason: "too large (value \(valueSize), entries \(maxEntries), key \(keySize))")
+        }
+        self.name = name; self.type = type; self.keySize = keySize; self.valueSize = valueSize
+        self.maxEntries = maxEntries; self.readOnly = readOnly
+        valueStride = (valueSize + 7) & ~7
+        values = UnsafeMutableRawPointer.allocate(byteCount: valueStride * maxEntries, alignment: 16)
+        values.initializeMemory(as: UInt8.self, repeating: 0, count: valueStride * maxEntries)
+        keys = type == .hash ? UnsafeMutableRawPointer.allocate(byteCount: keySize * maxEntries, alignment: 8) : nil
+        lock.withLock { $0.free = Array((0..<maxEntries).reversed()) }
+    }
+
+    deinit {
+        values.deallocate()
+        keys?.deallocate()
+    }
+
+    /// The handle programs carry in registers (what `lddw` of a map loads).
+    public var handle: UInt { UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque()) }
+
+    /// The bytes programs may address: the value slab.
+    var region: MemoryRegion {
+        MemoryRegion(start: UInt(bitPattern: values), end: UInt(bitPattern: values) + UInt(valueStride * maxEntries), writable: !readOnly)
+    }
+
+    // MARK: - Program side (raw pointers, already bounds-checked by the caller)
+
+    /// The value for the key at `key`, or nil.
+    func lookup(key: UnsafeRawPointer) -> UnsafeMutableRawPointer? {
+        switch type {
+        case .array:
+            let i = Int(key.loadUnaligned(as: UInt32.self))
+            return i < maxEntries ? values + i * valueStride : nil
+        case .hash:
+            let k = Array(UnsafeRawBufferPointer(start: key, count: keySize))
+            return lock.withLock { $0.slots[k] }.map { values + $0 * valueStride }
+        }
+    }
+
+    /// Linux's return values: 0, or -EEXIST, -ENOENT, -E2BIG, -EINVAL, -EPERM.
+    func update(key: UnsafeRawPointer, value: UnsafeRawPointer, flags: UInt64) -> Int64 {
+        guard let flag = BPFUpdateFlag(rawValue: flags) else { return -22 }
+        if readOnly { return -1 }
+        switch type {
+        case .array:
+            let i = Int(key.loadUnaligned(as: UInt32.self))
+            guard i < maxEntries else { return -7 }
+            if flag == .noExist { return -17 }  // every array element exists
+            (values + i * valueStride).copyMemory(from: value, byteCount: valueSize)
+            return 0
+        case .hash:
+            let k = Array(UnsafeRawBufferPointer(start: key, count: keySize))
+            let slot: Int? = lock.withLock { s -> Int? in
+                if let existing = s.slots[k] { return flag == .noExist ? -17 : existing }
+                if flag == .exist { return -2 }
+                guard let fresh = s.free.popLast() else { return -7 }
+                s.slots[k] = fresh
+                return fresh
+            }
+            guard let slot, slot >= 0 else { return Int64(slot ?? -7) }
+            keys!.advanced(by: slot * keySize).copyMemory(from: key, byteCount: keySize)
+            (values + slot * valueStride).copyMemory(from: value, byteCount: valueSize)
+            return 0
+        }
+    }
+
+    func delete(key: UnsafeRawPointer) -> Int64 {
+        switch type {
+        case .array:
+            return -22  // array elements cannot be deleted
+        case .hash:
+            if readOnly { return -1 }
+            let k = Array(UnsafeRawBufferPointer(start: key, count: keySize))
+            return lock.withLock { s -> Int64 in
+                guard let slot = s.slots.removeValue(forKey: k) else { return -2 }
+                s.free.append(slot)
+                return 0
+            }
+        }
+    }
+
+    // MARK: - Host side
+
+    public func lookup(_ key: [UInt8]) throws(BPFError) -> [UInt8]? {
+        guard key.count == keySize else { throw .map(name: name, reason: "key of \(key.count) bytes, the map takes \(keySize)") }
+        return key.withUnsafeBytes { k in lookup(key: k.baseAddress!).map { Array(UnsafeRawBufferPointer(start: $0, count: valueSize)) } }
+    }
+
+    public func update(_ key: [UInt8], _ value: [UInt8], flag: BPFUpdateFlag = .any) throws(BPFError) {
+        guard key.count == keySize, value.count == valueSize else {
+            throw .map(name: name, reason: "key/value of \(key.count)/\(value.count) bytes, the map takes \(keySize)/\(valueSize)")
+        }
+        let r = key.withUnsafeBytes { k in value.withUnsafeBytes { v in update(key: k.baseAddress!, value: v.baseAddress!, flags: flag.rawValue) } }
+        if r != 0 { throw .map(name: name, reason: "update failed with errno \(-r)") }
+    }
+
+    public func delete(_ key: [UInt8]) throws(BPFError) {
+        guard key.count == keySize else { throw .map(name: name, reason: "key of \(key.count) bytes, the map takes \(keySize)") }
+        let r = key.withUnsafeBytes { delete(key: $0.baseAddress!) }
+        if r != 0 { throw .map(name: name, reason: "delete failed with errno \(-r)") }
+    }
+
+    /// Number of entries (hash) or elements (array).
+    public var count: Int { type == .array ? maxEntries : lock.withLock { $0.slots.count } }
+
+    /// Writes raw bytes at `offset` of element 0 (ELF data sections at load time).
+    func initialize(_ bytes: ArraySlice<UInt8>, at offset: Int) {
+        bytes.withUnsafeBytes { (values + offset).copyMemory(from: $0.baseAddress!, byteCount: min($0.count, valueSize - offset)) }
+    }
+}
+

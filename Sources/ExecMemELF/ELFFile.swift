@@ -1,0 +1,281 @@
+// One ELF64 reader for every client: the eBPF loader (objects from `clang -target bpf`) and the module
+// loader (x86-64 relocatable objects and the members of `ar` archives). It reads headers, sections,
+// symbols and relocations out of a byte array, checking every offset, size and index against the
+// file first; a malformed file is an `ELFError` that names the file, the section and the offset, never
+// a crash.
+
+/// Little-endian reads with bounds checks.
+struct ByteReader {
+    let bytes: [UInt8]
+    let file: String
+
+    func u8(_ at: Int) throws(ELFError) -> UInt8 {
+        guard at >= 0, at < bytes.count else { throw .truncated(file: file, what: "byte", offset: at, size: bytes.count) }
+        return bytes[at]
+    }
+
+    func le<T: FixedWidthInteger>(_ at: Int, as: T.Type = T.self) throws(ELFError) -> T {
+        let n = MemoryLayout<T>.size
+        guard at >= 0, n <= bytes.count, at <= bytes.count - n else {
+            throw .truncated(file: file, what: "\(n)-byte field", offset: at, size: bytes.count)
+        }
+        var v: T = 0
+        for i in 0..<n { v |= T(truncatingIfNeeded: bytes[at + i]) << (8 * i) }
+        return v
+    }
+
+    /// The NUL-terminated string at `at`, bounded by `limit`.
+    func cString(_ at: Int, limit: Int) throws(ELFError) -> String {
+        guard at >= 0, at < limit, limit <= bytes.count else {
+            throw .truncated(file: file, what: "string", offset: at, size: limit)
+        }
+        var end = at
+        while end < limit && bytes[end] != 0 { end += 1 }
+        guard end < limit else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
+        return String(decoding: bytes[at..<end], as: UTF8.self)
+    }
+}
+
+public enum ELFError: Error, CustomStringConvertible, Sendable, Equatable {
+    case truncated(file: String, what: String, offset: Int, size: Int)
+    case notELF(file: String)
+    case unsupported(file: String, what: String)
+    case wrongMachine(file: String, machine: UInt16, expected: UInt16)
+    case badIndex(file: String, what: String, index: Int, count: Int)
+    case malformed(file: String, what: String)
+    case archive(file: String, what: String)
+
+    public var description: String {
+        switch self {
+        case let .truncated(f, what, offset, size): "\(f): truncated: \(what) at offset \(offset) is past the end (\(size) bytes)"
+        case let .notELF(f): "\(f): not an ELF file (bad magic)"
+        case let .unsupported(f, what): "\(f): unsupported: \(what)"
+        case let .wrongMachine(f, m, e): "\(f): wrong machine \(m), expected \(e)"
+        case let .badIndex(f, what, i, n): "\(f): bad \(what) index \(i) (there are \(n))"
+        case let .malformed(f, what): "\(f): malformed: \(what)"
+        case let .archive(f, what): "\(f): corrupt archive: \(what)"
+        }
+    }
+}
+
+public struct ELFSection: Sendable {
+    public let index: Int
+    public let name: String
+    public let type: UInt32
+    public let flags: UInt64
+    public let address: UInt64
+    public let offset: Int
+    public let size: Int
+    public let link: UInt32
+    public let info: UInt32
+    public let alignment: UInt64
+    public let entrySize: UInt64
+
+    public var isAllocated: Bool { flags & ELF.SHF_ALLOC != 0 }
+    public var isWritable: Bool { flags & ELF.SHF_WRITE != 0 }
+    public var isExecutable: Bool { flags & ELF.SHF_EXECINSTR != 0 }
+    /// NOBITS sections (.bss) occupy no bytes in the file.
+    public var hasFileBytes: Bool { type != ELF.SHT_NOBITS }
+}
+
+public struct ELFSymbol: Sendable {
+    public let index: Int
+    public let name: String
+    public let value: UInt64
+    public let size: UInt64
+    public let info: UInt8
+    public let other: UInt8
+    public let sectionIndex: UInt16
+
+    public var binding: UInt8 { info >> 4 }
+    public var type: UInt8 { info & 0xF }
+    public var isUndefined: Bool { sectionIndex == ELF.SHN_UNDEF }
+    public var isCommon: Bool { sectionIndex == ELF.SHN_COMMON }
+    public var isAbsolute: Bool { sectionIndex == ELF.SHN_ABS }
+    public var isGlobal: Bool { binding == ELF.STB_GLOBAL || binding == ELF.STB_WEAK }
+    public var isWeak: Bool { binding == ELF.STB_WEAK }
+}
+
+public struct ELFRelocation: Sendable {
+    /// Offset within the section the relocation applies to.
+    public let offset: UInt64
+    public let type: UInt32
+    public let symbolIndex: Int
+    /// Explicit addend (RELA), or nil for REL, whose addend is in the bytes being relocated.
+    public let addend: Int64?
+}
+
+public struct ELFFile: Sendable {
+    public let name: String
+    public let bytes: [UInt8]
+    public let type: UInt16
+    public let machine: UInt16
+    public let flags: UInt32
+    public let sections: [ELFSection]
+    public let symbols: [ELFSymbol]
+    /// Index of the symbol table section, 0 when there is none.
+    public let symbolTableIndex: Int
+
+    /// Parses an ELF64 little-endian file. `machine`, when given, must match.
+    public init(bytes: [UInt8], name: String, machine expected: UInt16? = nil) throws(ELFError) {
+        self.name = name
+        self.bytes = bytes
+        let r = ByteReader(bytes: bytes, file: name)
+        guard bytes.count >= 64 else {
+            if bytes.count >= 4 && bytes[0..<4] != [0x7F, 0x45, 0x4C, 0x46] { throw .notELF(file: name) }
+            throw .truncated(file: name, what: "ELF header", offset: 0, size: bytes.count)
+        }
+        guard bytes[0..<4] == [0x7F, 0x45, 0x4C, 0x46] else { throw .notELF(file: name) }
+        guard bytes[4] == ELF.ELFCLASS64 else { throw .unsupported(file: name, what: "class \(bytes[4]) (only ELF64)") }
+        guard bytes[5] == ELF.ELFDATA2LSB else { throw .unsupported(file: name, what: "byte order \(bytes[5]) (only little-endian)") }
+        guard bytes[6] == 1 else { throw .unsupported(file: name, what: "ELF version \(bytes[6])") }
+        type = try r.le(16)
+        machine = try r.le(18)
+        if let expected, machine != expected { throw .wrongMachine(file: name, machine: machine, expected: expected) }
+        flags = try r.le(48)
+        let shoff = Int(try r.le(40, as: UInt64.self) & 0x7FFF_FFFF_FFFF_FFFF)
+        let shentsize = Int(try r.le(58, as: UInt16.self))
+        var shnum = Int(try r.le(60, as: UInt16.self))
+        var shstrndx = Int(try r.le(62, as: UInt16.self))
+        if shnum == 0 && shoff != 0 { shnum = Int(try r.le(shoff + 32, as: UInt64.self)) }  // extended numbering
+        if shstrndx == Int(ELF.SHN_XINDEX) && shoff != 0 { shstrndx = Int(try r.le(shoff + 40, as: UInt32.self)) }
+        guard shnum == 0 || shentsize == 64 else { throw .malformed(file: name, what: "section header size \(shentsize), expected 64") }
+        guard shnum < 1 << 20, shoff >= 0, shoff <= bytes.count, shnum * 64 <= bytes.count - shoff else {
+            throw .truncated(file: name, what: "\(shnum) section headers", offset: shoff, size: bytes.count)
+        }
+        struct Raw { var nameOffset: Int; var type: UInt32; var flags: UInt64; var addr: UInt64; var offset: Int; var size: Int
+                     var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64 }
+        var raws: [Raw] = []
+        for i in 0..<shnum {
+            let h = shoff + i * 64
+            let raw = Raw(nameOffset: Int(try r.le(h, as: UInt32.self)), type: try r.le(h + 4), flags: try r.le(h + 8),
+                          addr: try r.le(h + 16), offset: Int(try r.le(h + 24, as: UInt64.self) & 0x7FFF_FFFF_FFFF_FFFF),
+                          size: Int(try r.le(h + 32, as: UInt64.self) & 0x7FFF_FFFF_FFFF_FFFF),
+                          link: try r.le(h + 40), info: try r.le(h + 44), align: try r.le(h + 48), entsize: try r.le(h + 56))
+            if raw.type != ELF.SHT_NOBITS && raw.type != ELF.SHT_NULL && (raw.offset > bytes.count || raw.size > bytes.count - raw.offset) {
+                throw .truncated(file: name, what: "section \(i) contents (\(raw.size) bytes)", offset: raw.offset, size: bytes.count)
+            }
+            raws.append(raw)
+        }
+        guard shnum == 0 || shstrndx < shnum else { throw .badIndex(file: name, what: "section name table", index: shstrndx, count: shnum) }
+        var sections: [ELFSection] = []
+        for (i, raw) in raws.enumerated() {
+            var sectionName = ""
+            if shnum > 0 {
+                let table = raws[shstrndx]
+                guard raw.nameOffset < table.size else {
+                    throw .malformed(file: name, what: "section \(i) name offset \(raw.nameOffset) is outside the name table")
+                }
+                sectionName = try r.cString(table.offset + raw.nameOffset, limit: table.offset + table.size)
+            }
+            sections.append(ELFSection(index: i, name: sectionName, type: raw.type, flags: raw.flags, address: raw.addr,
+                                       offset: raw.offset, size: raw.size, link: raw.link, info: raw.info,
+                                       alignment: raw.align, entrySize: raw.entsize))
+        }
+        self.sections = sections
+        // The symbol table and its strings.
+        var symbols: [ELFSymbol] = []
+        let symtab = sections.first { $0.type == ELF.SHT_SYMTAB }
+        symbolTableIndex = symtab?.index ?? 0
+        if let symtab {
+            guard Int(symtab.link) < sections.count else {
+                throw .badIndex(file: name, what: "string table of .symtab", index: Int(symtab.link), count: sections.count)
+            }
+            let strtab = sections[Int(symtab.link)]
+            guard symtab.size % 24 == 0 else { throw .malformed(file: name, what: ".symtab size \(symtab.size) is not a multiple of 24") }
+            for i in 0..<(symtab.size / 24) {
+                let s = symtab.offset + i * 24
+                let nameOffset = Int(try r.le(s, as: UInt32.self))
+                let symName = nameOffset == 0 ? "" : try {
+                    () throws(ELFError) -> String in
+                    guard nameOffset < strtab.size else {
+                        throw ELFError.malformed(file: name, what: "symbol \(i) name offset \(nameOffset) is outside its string table")
+                    }
+                    return try r.cString(strtab.offset + nameOffset, limit: strtab.offset + strtab.size)
+                }()
+                let shndx: UInt16 = try r.le(s + 6)
+                if shndx != ELF.SHN_UNDEF && shndx < ELF.SHN_LORESERVE && Int(shndx) >= sections.count {
+                    throw .badIndex(file: name, what: "section of symbol '\(symName)'", index: Int(shndx), count: sections.count)
+                }
+                symbols.append(ELFSymbol(index: i, name: symName, value: try r.le(s + 8), size: try r.le(s + 16),
+                                         info: try r.u8(s + 4), other: try r.u8(s + 5), sectionIndex: shndx))
+            }
+        }
+        self.symbols = symbols
+    }
+
+    /// The bytes of a section (empty for NOBITS).
+    public func contents(_ section: ELFSection) -> ArraySlice<UInt8> {
+        section.hasFileBytes ? bytes[section.offset..<(section.offset + section.size)] : []
+    }
+
+    public func section(named n: String) -> ELFSection? { sections.first { $0.name == n } }
+
+    /// Relocation sections that apply to `section` (their `info` names it), with their entries.
+    public func relocations(for section: ELFSection) throws(ELFError) -> [ELFRelocation] {
+        var out: [ELFRelocation] = []
+        let r = ByteReader(bytes: bytes, file: name)
+        for rel in sections where (rel.type == ELF.SHT_REL || rel.type == ELF.SHT_RELA) && Int(rel.info) == section.index {
+            let entry = rel.type == ELF.SHT_RELA ? 24 : 16
+            guard rel.size % entry == 0 else { throw .malformed(file: name, what: "\(rel.name) size \(rel.size) is not a multiple of \(entry)") }
+            for i in 0..<(rel.size / entry) {
+                let e = rel.offset + i * entry
+                let info: UInt64 = try r.le(e + 8)
+                let symbol = Int(info >> 32)
+                guard symbol < max(symbols.count, 1) else {
+                    throw .badIndex(file: name, what: "symbol of relocation \(i) in \(rel.name)", index: symbol, count: symbols.count)
+                }
+                let offset: UInt64 = try r.le(e)
+                guard offset < UInt64(max(section.size, 0)) || (offset == 0 && section.size == 0) else {
+                    throw .malformed(file: name, what: "relocation \(i) in \(rel.name) at offset \(offset) is outside \(section.name) (\(section.size) bytes)")
+                }
+                out.append(ELFRelocation(offset: offset, type: UInt32(truncatingIfNeeded: info), symbolIndex: symbol,
+                                         addend: rel.type == ELF.SHT_RELA ? try r.le(e + 16) : nil))
+            }
+        }
+        return out.sorted { $0.offset < $1.offset }
+    }
+}
+
+/// The ELF constants the clients use.
+public enum ELF {
+    public static let ELFCLASS64: UInt8 = 2
+    public static let ELFDATA2LSB: UInt8 = 1
+    public static let ET_REL: UInt16 = 1
+    public static let EM_X86_64: UInt16 = 62
+    public static let EM_BPF: UInt16 = 247
+
+    public static let SHT_NULL: UInt32 = 0
+    public static let SHT_PROGBITS: UInt32 = 1
+    public static let SHT_SYMTAB: UInt32 = 2
+    public static let SHT_STRTAB: UInt32 = 3
+    public static let SHT_RELA: UInt32 = 4
+    public static let SHT_NOBITS: UInt32 = 8
+    public static let SHT_REL: UInt32 = 9
+    public static let SHT_INIT_ARRAY: UInt32 = 14
+    public static let SHT_FINI_ARRAY: UInt32 = 15
+    public static let SHT_PREINIT_ARRAY: UInt32 = 16
+    public static let SHT_GROUP: UInt32 = 17
+
+    public static let SHF_WRITE: UInt64 = 0x1
+    public static let SHF_ALLOC: UInt64 = 0x2
+    public static let SHF_EXECINSTR: UInt64 = 0x4
+    public static let SHF_TLS: UInt64 = 0x400
+
+    public static let SHN_UNDEF: UInt16 = 0
+    public static let SHN_LORESERVE: UInt16 = 0xFF00
+    public static let SHN_ABS: UInt16 = 0xFFF1
+    public static let SHN_COMMON: UInt16 = 0xFFF2
+    public static let SHN_XINDEX: UInt16 = 0xFFFF
+
+    public static let STB_LOCAL: UInt8 = 0
+    public static let STB_GLOBAL: UInt8 = 1
+    public static let STB_WEAK: UInt8 = 2
+    public static let STT_NOTYPE: UInt8 = 0
+    public static let STT_OBJECT: UInt8 = 1
+    public static let STT_FUNC: UInt8 = 2
+    public static let STT_SECTION: UInt8 = 3
+    public static let STT_FILE: UInt8 = 4
+    public static let STT_COMMON: UInt8 = 5
+    public static let STT_TLS: UInt8 = 6
+}

@@ -1,0 +1,31 @@
+// Where the shared conformance suite lives, and small helpers for the eBPF tests.
+
+import ExecMem
+import ExecMemBPF
+import Foundation
+import Testing
+
+/// ../shared/bpf-conformance/tests next to the checkout (CI has it; a fresh machine may not).
+let conformanceDirectory: String? = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }  // Tests/ExecMemBPFTests/Support.swift -> package root
+    let dir = url.deletingLastPathComponent().appendingPathComponent("shared/bpf-conformance/tests").path
+    return FileManager.default.fileExists(atPath: dir) ? dir : nil
+}()
+
+let conformanceMissing = "the conformance suite is not at ../shared/bpf-conformance/tests (it is not copied into this repository)"
+
+func conformanceFiles() throws -> [(String, String)] {
+    let dir = try #require(conformanceDirectory)
+    return try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".data") }.sorted().map {
+        ($0, try String(contentsOfFile: dir + "/" + $0, encoding: .utf8))
+    }
+}
+
+/// A small allocator for tests, so JIT code of many tests does not all land in the shared one.
+func testAllocator() throws -> ExecMemAllocator {
+    var c = ExecMemConfiguration()
+    c.rangeSize = 64 << 20
+    c.fallbackSize = 0
+    return try ExecMemAllocator(c)
+}
