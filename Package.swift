@@ -33,7 +33,11 @@ let package = Package(
             dependencies: ["ExecMem", "ExecMemELF", .product(name: "Atomics", package: "swift-atomics")]
         ),
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
-        .target(name: "ExecMemTools", dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF"]),
+        .target(
+            name: "ExecMemTools",
+            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF"],
+            resources: [.copy("Resources/bpf")]
+        ),
         .executableTarget(
             name: "execmem",
             dependencies: ["ExecMemTools", "ExecMemSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -41,7 +45,7 @@ let package = Package(
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
-        .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem"]),
+        .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],
     swiftLanguageModes: [.v6]

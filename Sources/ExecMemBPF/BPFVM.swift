@@ -58,7 +58,7 @@ public final class BPFProgram: @unchecked Sendable {
     let mapsByHandle: [UInt: BPFMap]
     /// Memory besides the stack and context that the program may address: its maps' value slabs.
     let regions: [MemoryRegion]
-    unowned let vm: BPFVM
+    let vm: BPFVM
     private let compiled = Mutex<JITCode?>(nil)
 
     init(vm: BPFVM, name: String, instructions: [BPFInstruction], functions: [Int], helpers: [Int32: BPFHelper], maps: [BPFMap]) {

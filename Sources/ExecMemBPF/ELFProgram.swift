@@ -1,0 +1,138 @@
+// eBPF programs from ELF objects as `clang -target bpf -O2 -c` writes them (v1 to v4): program
+// sections, functions in `.text` reached by local calls, maps declared in a `maps` section
+// (`struct bpf_map_def`), and `.rodata`/`.data`/`.bss` turned into one-element array maps.
+//
+// Linking happens here, so the engines see plain instructions: an `lddw` relocated against a map
+// loads the map's handle, one against data loads the data's address (Linux's BPF_PSEUDO_MAP_VALUE),
+// and a call relocated against a function becomes a local call to where that function now lies.
+//
+//   program = [ entry trampoline (when the entry is not first) ][ entry section ][ .text ]
+
+import ExecMemELF
+
+public struct BPFObject {
+    public let file: ELFFile
+
+    public init(bytes: [UInt8], name: String) throws(BPFError) {
+        do { file = try ELFFile(bytes: bytes, name: name, machine: ELF.EM_BPF) } catch { throw .elf(error) }
+        guard file.type == ELF.ET_REL else { throw .elf(.unsupported(file: name, what: "ELF type \(file.type) (an object from clang -c is expected)")) }
+    }
+
+    /// Functions in program sections (every executable section but `.text`), in file order.
+    public var programFunctions: [String] {
+        file.symbols.filter { s in
+            s.type == ELF.STT_FUNC && Int(s.sectionIndex) < file.sections.count
+                && file.sections[Int(s.sectionIndex)].isExecutable && file.sections[Int(s.sectionIndex)].name != ".text"
+        }.map(\.name)
+    }
+
+    /// Every function, program sections and `.text`.
+    public var allFunctions: [String] {
+        file.symbols.filter { $0.type == ELF.STT_FUNC && !$0.isUndefined }.map(\.name)
+    }
+}
+
+extension BPFVM {
+    /// Loads `function` (default: the first function of the first program section) from an object.
+    public func load(elf bytes: [UInt8], name: String = "object", function: String? = nil) throws(BPFError) -> BPFProgram {
+        let object = try BPFObject(bytes: bytes, name: name)
+        let f = object.file
+        let wanted = function ?? object.programFunctions.first ?? object.allFunctions.first
+        guard let wanted, let entry = f.symbols.first(where: { $0.name == wanted && $0.type == ELF.STT_FUNC && !$0.isUndefined }) else {
+            throw .link(section: name, offset: 0, reason: function.map { "no function named '\($0)' (functions: \(object.allFunctions.joined(separator: ", ")))" }
+                        ?? "the object has no functions")
+        }
+        let entrySection = f.sections[Int(entry.sectionIndex)]
+        // Maps and data sections.
+        var maps: [BPFMap] = []
+        var mapBySymbol: [Int: BPFMap] = [:]
+        var dataMap: [Int: BPFMap] = [:]  // section index -> its map
+        for s in f.sections where s.isAllocated && !s.isExecutable && s.size > 0 {
+            if s.name == "maps" {
+                for sym in f.symbols where Int(sym.sectionIndex) == s.index && sym.type != ELF.STT_SECTION {
+                    let at = s.offset + Int(sym.value)
+                    guard sym.value + 20 <= UInt64(s.size) else { throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' is shorter than struct bpf_map_def") }
+                    let words = (0..<4).map { k in f.bytes[(at + 4 * k)..<(at + 4 * k + 4)].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) } }
+                    guard let type = BPFMapType(rawValue: words[0]) else {
+                        throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' has type \(words[0]); only hash (1) and array (2) are supported")
+                    }
+                    let m = try BPFMap(name: sym.name, type: type, keySize: Int(words[1]), valueSize: Int(words[2]), maxEntries: Int(words[3]))
+                    maps.append(m)
+                    mapBySymbol[sym.index] = m
+                }
+            } else if s.name == ".maps" {
+                throw .link(section: ".maps", offset: 0, reason: "BTF-defined maps are not supported; declare maps as SEC(\"maps\") struct bpf_map_def")
+            } else if s.name.hasPrefix(".rodata") || s.name.hasPrefix(".data") || s.name.hasPrefix(".bss") {
+                let m = try BPFMap(name: s.name, type: .array, keySize: 4, valueSize: s.size, maxEntries: 1, readOnly: !s.isWritable)
+                if s.hasFileBytes { m.initialize(f.contents(s), at: 0) }
+                maps.append(m)
+                dataMap[s.index] = m
+            }
+        }
+        // Lay out the code.
+        var code: [BPFInstruction] = []
+        var sectionStart: [Int: Int] = [:]
+        let entryOffset = Int(entry.value) / 8
+        if entryOffset != 0 {  // call the entry, then exit with its r0
+            code.append(BPFInstruction(opcode: BPF.JMP | BPF.CALL, src: BPF.callLocal, imm: 0))
+            code.append(BPFInstruction(opcode: BPF.JMP | BPF.EXIT))
+        }
+        var order = [entrySection]
+        if let text = f.section(named: ".text"), text.index != entrySection.index, text.size > 0 { order.append(text) }
+        for s in order {
+            guard s.size % 8 == 0 else { throw .link(section: s.name, offset: s.size, reason: "size \(s.size) is not a whole number of instructions") }
+            sectionStart[s.index] = code.count
+            code += try decodeProgram(Array(f.contents(s)))
+        }
+        if entryOffset != 0 { code[0].imm = Int32(sectionStart[entrySection.index]! + entryOffset - 1) }
+        // Relocate.
+        for s in order {
+            let relocations: [ELFRelocation]
+            do { relocations = try f.relocations(for: s) } catch { throw .elf(error) }
+            for r in relocations {
+                let at = sectionStart[s.index]! + Int(r.offset) / 8
+                guard r.offset % 8 == 0, at < code.count else { throw .link(section: s.name, offset: Int(r.offset), reason: "relocation not on an instruction") }
+                guard r.symbolIndex < f.symbols.count else { throw .link(section: s.name, offset: Int(r.offset), reason: "bad symbol index \(r.symbolIndex)") }
+                let sym = f.symbols[r.symbolIndex]
+                switch r.type {
+                case 1:  // R_BPF_64_64: lddw of a map or data address
+                    guard code[at].opcode == BPF.LDDW, at + 1 < code.count else {
+                        throw .link(section: s.name, offset: Int(r.offset), reason: "R_BPF_64_64 on an instruction that is not lddw")
+                    }
+                    let value: UInt64
+                    if let m = mapBySymbol[sym.index] {
+                        value = UInt64(m.handle)
+                    } else if let m = dataMap[Int(sym.sectionIndex)] {
+                        let addend = UInt64(UInt32(bitPattern: code[at].imm)) | UInt64(UInt32(bitPattern: code[at + 1].imm)) << 32
+                        let off = sym.value &+ addend
+                        guard off <= UInt64(m.valueSize) else { throw .link(section: s.name, offset: Int(r.offset), reason: "offset \(off) past the end of \(m.name)") }
+                        value = UInt64(UInt(bitPattern: m.values)) + off
+                    } else {
+                        throw .link(section: s.name, offset: Int(r.offset), reason: "lddw of '\(sym.name)', which is neither a map nor in a data section")
+                    }
+                    code[at].imm = Int32(truncatingIfNeeded: value)
+                    code[at + 1].imm = Int32(truncatingIfNeeded: value >> 32)
+                case 10:  // R_BPF_64_32: a call to a function
+                    guard code[at].opcode == BPF.JMP | BPF.CALL, code[at].src == BPF.callLocal else {
+                        throw .link(section: s.name, offset: Int(r.offset), reason: "R_BPF_64_32 on an instruction that is not a local call")
+                    }
+                    guard let base = sectionStart[Int(sym.sectionIndex)] else {
+                        throw .link(section: s.name, offset: Int(r.offset), reason: "call to '\(sym.name)', which is in no code section this program links")
+                    }
+                    let target = sym.type == ELF.STT_SECTION
+                        ? base + Int(sym.value) / 8 + Int(code[at].imm) + 1
+                        : base + Int(sym.value) / 8
+                    code[at].imm = Int32(target - at - 1)
+                default:
+                    throw .link(section: s.name, offset: Int(r.offset), reason: "unsupported relocation type \(r.type) against '\(sym.name)'")
+                }
+            }
+        }
+        return try load(code, name: wanted, maps: maps)
+    }
+}
+
+extension BPFProgram {
+    /// The map a program's object declared (or a data section's, by section name).
+    public func map(named n: String) -> BPFMap? { maps.first { $0.name == n } }
+}
