@@ -122,7 +122,7 @@ public struct ELFFile: Sendable {
         self.bytes = bytes
         let r = ByteReader(bytes: bytes, file: name)
         guard bytes.count >= 64 else {
-            if bytes.count >= 4 && bytes[0..<4] != [0x7F, 0x45, 0x4C, 0x46] { throw .notELF(file: name) }
+            if !Array(bytes.prefix(4)).elementsEqual([0x7F, 0x45, 0x4C, 0x46].prefix(bytes.count)) || bytes.isEmpty { throw .notELF(file: name) }
             throw .truncated(file: name, what: "ELF header", offset: 0, size: bytes.count)
         }
         guard bytes[0..<4] == [0x7F, 0x45, 0x4C, 0x46] else { throw .notELF(file: name) }

@@ -29,3 +29,22 @@ func testAllocator() throws -> ExecMemAllocator {
     c.fallbackSize = 0
     return try ExecMemAllocator(c)
 }
+
+import ExecMemTools
+
+enum ExecMemToolsAvailable {
+    static let clang = CPrograms.clang != nil
+}
+
+/// Compiles C source text with `clang -target bpf -O2 -c`.
+func compileBPF(_ source: String, cpu: String = "v3") throws -> [UInt8] {
+    let dir = try CPrograms.scratch()
+    let path = dir + "/inline.c"
+    try source.write(toFile: path, atomically: true, encoding: .utf8)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: CPrograms.clang!)
+    p.arguments = ["-target", "bpf", "-mcpu=\(cpu)", "-O2", "-ffreestanding", "-c", path, "-o", dir + "/inline.o"]
+    try p.run()
+    p.waitUntilExit()
+    return Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/inline.o")))
+}

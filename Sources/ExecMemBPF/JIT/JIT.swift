@@ -131,7 +131,7 @@ struct Compiler {
             e.patch(c.field, to: e.count)
             if let f = c.fault { e.storeImm64(base: BPFJIT.context, disp: RunContext.Field.fault.offset, Int32(f.rawValue)) }
             e.storeImm64(base: BPFJIT.context, disp: RunContext.Field.faultIndex.offset, Int32(c.index))
-            e.store(.r11, base: BPFJIT.context, disp: RunContext.Field.faultAddress.offset, size: 8)
+            if c.fault == .misalignedAtomic { e.store(.r11, base: BPFJIT.context, disp: RunContext.Field.faultAddress.offset, size: 8) }
             faultJumps.append(e.jmp32())
         }
         // A helper asked to unwind: return 0 at once.
