@@ -36,7 +36,7 @@ let package = Package(
         .target(
             name: "ExecMemTools",
             dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF"],
-            resources: [.copy("Resources/bpf")]
+            resources: [.copy("Resources/bpf"), .copy("Resources/data")]
         ),
         .executableTarget(
             name: "execmem",

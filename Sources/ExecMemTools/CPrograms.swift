@@ -15,7 +15,7 @@ public enum CPrograms {
 
     /// Where the C sources are (bundled with the package).
     public static var directory: String {
-        (Bundle.module.resourcePath ?? Bundle.module.bundlePath) + "/bpf"
+        resourceDirectory + "/bpf"
     }
 
     /// The clang to use: the toolchain's (it has the BPF target), else the first on PATH.

@@ -1,0 +1,50 @@
+// Real eBPF program sizes (../shared/data/bpf-programs, bundled here as Resources/data so the demo and
+// benchmarks work on a machine without the shared data) and straight-line programs of those sizes.
+
+import ExecMemBPF
+import Foundation
+
+/// The package's bundled resources (C sources, data sets).
+let resourceDirectory = Bundle.module.resourcePath ?? Bundle.module.bundlePath
+
+public enum BPFWorkload {
+    /// Instruction counts (8-byte slots) of the 389 entry programs and their sub-functions measured
+    /// from Debian's libbpf-tools and xdp-tools.
+    public static let sizes: [Int] = {
+        guard let text = try? String(contentsOfFile: resourceDirectory + "/data/bpf_programs.csv", encoding: .utf8) else { return [] }
+        return text.split(whereSeparator: \.isNewline).dropFirst().compactMap { line in
+            line.split(separator: ",").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        }
+    }()
+
+    /// A program of `slots` instructions that computes a value from r1 with no helper calls and no
+    /// memory access, so its JIT code runs the same wherever it is copied.
+    public static func straightLine(slots: Int, seed: Int) -> [BPFInstruction] {
+        var code = [BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.X, dst: 0, src: 1)]
+        var k = 0
+        while code.count < max(2, slots) - 1 {
+            let op = [BPF.ADD, BPF.XOR, BPF.MUL, BPF.SUB][(k + seed) % 4]
+            code.append(BPFInstruction(opcode: BPF.ALU64 | op | BPF.K, dst: 0, imm: Int32(truncatingIfNeeded: seed &* 31 &+ k &* 7 | 1)))
+            k += 1
+        }
+        code.append(BPFInstruction(opcode: BPF.JMP | BPF.EXIT))
+        return code
+    }
+
+    /// What `straightLine` returns for input `x`, computed in Swift.
+    public static func expected(slots: Int, seed: Int, x: UInt64) -> UInt64 {
+        var r = x
+        var k = 0
+        while k + 2 < max(2, slots) {
+            let imm = UInt64(bitPattern: Int64(Int32(truncatingIfNeeded: seed &* 31 &+ k &* 7 | 1)))
+            switch (k + seed) % 4 {
+            case 0: r = r &+ imm
+            case 1: r ^= imm
+            case 2: r = r &* imm
+            default: r = r &- imm
+            }
+            k += 1
+        }
+        return r
+    }
+}
