@@ -40,7 +40,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "execmem",
-            dependencies: ["ExecMemTools", "ExecMemSystem", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),

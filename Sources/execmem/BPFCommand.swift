@@ -1,0 +1,180 @@
+// `execmem bpf ...`: run, assemble, disassemble, the conformance suite and its plugin protocol, and
+// differential fuzzing, over ExecMemBPF.
+
+import ArgumentParser
+import ExecMemBPF
+import Foundation
+
+extension BPFEngine: ExpressibleByArgument {}
+
+struct BPFCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bpf",
+        abstract: "eBPF: verifier, interpreter and an x86-64 JIT that packs programs into shared 2 MiB blocks.",
+        subcommands: [Run.self, Asm.self, Disasm.self, Conformance.self, Plugin.self, Fuzz.self])
+}
+
+/// Reads a whole file, or standard input for "-".
+func readInput(_ path: String) throws -> [UInt8] {
+    if path == "-" { return Array(FileHandle.standardInput.readDataToEndOfFile()) }
+    guard let d = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
+    return Array(d)
+}
+
+func fail(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("execmem: \(message)\n".utf8))
+    return ExitCode.failure
+}
+
+/// A program from a file: an ELF object, a conformance `.data` file, assembly (`.s`/`.asm`) or raw
+/// bytecode. Returns the program and the memory the file carries (`.data` files).
+func loadProgram(_ path: String, function: String?, vm: BPFVM) throws -> (BPFProgram, [UInt8]) {
+    let bytes = try readInput(path)
+    let name = URL(fileURLWithPath: path).lastPathComponent
+    if bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) {
+        return (try vm.load(elf: bytes, name: name, function: function), [])
+    }
+    if path.hasSuffix(".data") {
+        let test = try ConformanceTest(name: name, text: String(decoding: bytes, as: UTF8.self))
+        return (try vm.load(test.program, name: name), test.memory)
+    }
+    if path.hasSuffix(".s") || path.hasSuffix(".asm") {
+        return (try vm.load(assembly: String(decoding: bytes, as: UTF8.self), name: name), [])
+    }
+    return (try vm.load(try decodeProgram(bytes), name: name), [])
+}
+
+extension BPFCommand {
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run a program (.o, .data, .s or raw bytecode) and print r0 in hex.")
+        @Argument(help: "The program.") var file: String
+        @Option(help: "A file of raw bytes given to the program as r1 (address) and r2 (length).") var mem: String?
+        @Option(help: "The function to run, for ELF objects.") var function: String?
+        @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
+
+        func run() throws {
+            do {
+                let vm = BPFVM()
+                let (program, fileMemory) = try loadProgram(file, function: function, vm: vm)
+                let memory = try mem.map(readInput) ?? fileMemory
+                let r0 = try program.run(bytes: memory, engine: engine)
+                print("0x" + String(r0, radix: 16))
+            } catch let e as BPFError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Asm: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Assemble conformance-dialect assembly into raw bytecode.")
+        @Argument(help: "Assembly source, or - for standard input.") var file: String
+        @Option(name: .shortAndLong, help: "Output file (default: standard output).") var output: String?
+        @Flag(help: "Print one 64-bit hex word per instruction (the .data files' raw form) instead of bytes.") var words = false
+
+        func run() throws {
+            do {
+                let program = try BPFAssembler.assemble(String(decoding: try readInput(file), as: UTF8.self))
+                if words {
+                    print(program.map { "0x" + String(format: "%016llx", $0.word) }.joined(separator: "\n"))
+                } else if let output {
+                    try Data(encodeProgram(program)).write(to: URL(fileURLWithPath: output))
+                } else {
+                    FileHandle.standardOutput.write(Data(encodeProgram(program)))
+                }
+            } catch let e as BPFError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Disasm: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disassemble raw bytecode, an ELF object's function or a .data file.")
+        @Argument(help: "The program.") var file: String
+        @Option(help: "The function, for ELF objects.") var function: String?
+
+        func run() throws {
+            do {
+                let bytes = try readInput(file)
+                let program: [BPFInstruction]
+                if bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) {
+                    program = try BPFVM().load(elf: bytes, name: file, function: function).instructions
+                } else if file.hasSuffix(".data") {
+                    program = try ConformanceTest(name: file, text: String(decoding: bytes, as: UTF8.self)).program
+                } else {
+                    program = try decodeProgram(bytes)
+                }
+                print(BPFDisassembler.text(program), terminator: "")
+            } catch let e as BPFError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Conformance: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run a directory of conformance .data files; one line per failure, then N passed, M failed.")
+        @Argument(help: "Directory of .data files (e.g. ../shared/bpf-conformance/tests).") var directory: String
+        @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
+
+        func run() throws {
+            guard let files = try? FileManager.default.contentsOfDirectory(atPath: directory) else { throw fail("cannot read directory \(directory)") }
+            let runner = ConformanceRunner(engine: engine)
+            var passed = 0, failed = 0
+            for name in files.filter({ $0.hasSuffix(".data") }).sorted() {
+                let text = (try? String(contentsOfFile: directory + "/" + name, encoding: .utf8)) ?? ""
+                let outcome = runner.run(file: name, text: text)
+                if outcome.passed { passed += 1 } else { failed += 1; print("FAIL \(name): \(outcome.detail)") }
+            }
+            print("\(passed) passed, \(failed) failed")
+            if failed > 0 || passed == 0 { throw ExitCode.failure }
+        }
+    }
+
+    struct Plugin: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The conformance plugin protocol: program as hex on standard input, r0 in hex on standard output.")
+        @Argument(help: "The context memory as hex bytes.") var memory: String = ""
+        @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
+
+        func run() throws {
+            func hexBytes(_ s: String) -> [UInt8]? {
+                let digits = s.filter { !$0.isWhitespace }
+                guard digits.count % 2 == 0 else { return nil }
+                var out: [UInt8] = []
+                var i = digits.startIndex
+                while i < digits.endIndex {
+                    let j = digits.index(i, offsetBy: 2)
+                    guard let b = UInt8(digits[i..<j], radix: 16) else { return nil }
+                    out.append(b)
+                    i = j
+                }
+                return out
+            }
+            let input = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+            guard let code = hexBytes(input) else { throw fail("the program on standard input is not hex bytes") }
+            guard let mem = hexBytes(memory) else { throw fail("the memory argument is not hex bytes") }
+            let runner = ConformanceRunner(engine: engine)
+            do {
+                let program = try runner.vm.load(try decodeProgram(code), name: "plugin")
+                print(String(try program.run(bytes: mem, engine: engine), radix: 16))
+            } catch let e as BPFError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Fuzz: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Differential fuzzing: generated programs on the JIT and the interpreter must agree.")
+        @Option(help: "Programs to run.") var count = 100_000
+        @Option(help: "First seed.") var seed: UInt64 = 1
+        @Option(help: "Random instructions per program.") var length = 40
+
+        func run() throws {
+            let tester = DifferentialTester(vm: BPFVM())
+            let started = Date()
+            let mismatches = tester.run(count: count, seed: seed, length: length)
+            for m in mismatches { print(m) }
+            print("\(count) programs from seed \(seed): \(mismatches.isEmpty ? "JIT and interpreter agree" : "\(mismatches.count) mismatches") (\(Int(Date().timeIntervalSince(started) * 1000)) ms)")
+            if !mismatches.isEmpty { throw ExitCode.failure }
+        }
+    }
+}
