@@ -108,6 +108,17 @@ public final class BPFProgram: @unchecked Sendable {
         compiled.withLock { $0 = c }
     }
 
+    /// The JIT code's bytes, once compiled (for benchmarks that copy it elsewhere).
+    @_spi(Benchmark) public var jitBytes: [UInt8]? {
+        compiled.withLock { c in c.map { Array(UnsafeRawBufferPointer(start: $0.allocation.pointer, count: $0.allocation.size)) } }
+    }
+
+    /// Runs a copy of this program's JIT code placed at `address` (position-independent programs
+    /// only: no helper calls). For the page-per-program baseline of `execmem bench`.
+    @_spi(Benchmark) public func runCopy(at address: UInt, memory: UnsafeMutableRawBufferPointer? = nil) throws(BPFError) -> UInt64 {
+        try jitCode().run(self, memory: memory, at: address)
+    }
+
     /// The JIT code's allocation, once compiled.
     public var jitAllocation: Allocation? { compiled.withLock { $0?.allocation } }
 

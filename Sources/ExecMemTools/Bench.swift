@@ -22,7 +22,7 @@ public struct BenchResult: Codable, Sendable {
 }
 
 public enum Bench {
-    public static let names = ["alloc", "locality", "memory"]
+    public static let names = ["alloc", "locality", "memory", "bpf", "bpf-pack"]
     static let liveAllocations = 10_000
     static let baselineName = "mmap + mprotect per allocation"
 
@@ -34,6 +34,8 @@ public enum Bench {
             case "alloc": out += try alloc(scale: scale)
             case "locality": out += try locality(scale: scale)
             case "memory": out += try memory()
+            case "bpf": out += try bpf(scale: scale)
+            case "bpf-pack": out += try bpfPack(scale: scale)
             default: throw BenchError("unknown benchmark '\(n)'; known: \(names.joined(separator: ", "))")
             }
         }

@@ -12,8 +12,8 @@
 //   entry(r1, r2, block): save callee-saved, r12 = block, remember rsp, rbp = stack top, call main
 //   fault:                rsp = remembered rsp, r0 = 0, restore and return (the block says why)
 //
-// Memory accesses are bounds-checked inline against the stack and the context memory, then out of
-// line against the program's map regions; an r10-relative access with a constant offset inside the
+// Memory accesses are bounds-checked inline against the stack, the context memory and the program's
+// map regions, then out of line (a call into the runtime that faults the run); an r10-relative access with a constant offset inside the
 // frame needs no check. `JITOptions(boundsChecks: false)` drops the checks for trusted programs.
 
 import ExecMem
@@ -215,11 +215,21 @@ struct Compiler {
         e.cmpMemory(.r11, base: BPFJIT.context, disp: memMinus[size]!.offset)
         let ok2 = e.jcc32(.belowOrEqual)
         e.patch(notMemory, to: e.count)
-        // Anything else: ask the runtime (maps), which faults the run if it is not allowed.
+        // The program's map regions (fixed for its life), checked inline too.
+        var oks = [ok1, ok2]
+        for region in program.regions.prefix(8) where (region.writable || !write) && region.end - region.start >= UInt(size) {
+            e.movImm(.r10, UInt64(region.start))
+            e.alu(0x39, .r11, .r10, wide: true)
+            let below = e.jcc32(.below)
+            e.movImm(.r10, UInt64(region.end) - UInt64(size))
+            e.alu(0x39, .r11, .r10, wide: true)
+            oks.append(e.jcc32(.belowOrEqual))
+            e.patch(below, to: e.count)
+        }
+        // Anything else: ask the runtime, which faults the run if it is not allowed.
         e.movImm32(.r10, Int32(index << 8 | size << 1 | (write ? 1 : 0)))
         slowCheckCalls.append(e.call32())
-        e.patch(ok1, to: e.count)
-        e.patch(ok2, to: e.count)
+        for ok in oks { e.patch(ok, to: e.count) }
         return (.r11, 0)
     }
 

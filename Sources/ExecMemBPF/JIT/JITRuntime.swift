@@ -41,11 +41,11 @@ final class JITCode: @unchecked Sendable {
 
     deinit { try? allocator.free(allocation) }
 
-    func run(_ program: BPFProgram, memory: UnsafeMutableRawBufferPointer?) throws(BPFError) -> UInt64 {
+    func run(_ program: BPFProgram, memory: UnsafeMutableRawBufferPointer?, at address: UInt? = nil) throws(BPFError) -> UInt64 {
         let run = RunContext.acquire()
         run.begin(program, memory: memory)
         defer { run.end() }
-        let entry = unsafeBitCast(allocation.pointer, to: JITEntry.self)
+        let entry = unsafeBitCast(UnsafeRawPointer(bitPattern: address ?? allocation.address)!, to: JITEntry.self)
         let r1 = UInt64(UInt(bitPattern: memory?.baseAddress)), r2 = UInt64(memory?.count ?? 0)
         let result = run.asCurrent { entry(r1, r2, run.block) }
         if let e = run.error() { throw e }
