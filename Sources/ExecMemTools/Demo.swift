@@ -6,6 +6,7 @@
 // statistics, the 2 MiB coverage smaps shows, the distance to the executable and a W^X scan.
 
 import ExecMem
+import ExecMemBPF
 import ExecMemSystem
 
 public struct DemoReport: Codable, Sendable {
@@ -33,6 +34,7 @@ public struct DemoReport: Codable, Sendable {
     public var hugePageCoverage: Double
     /// Lines of /proc/self/maps that are writable and executable at once.
     public var writableExecutableMappings: Int
+    public var bpf: BPFDemoReport
     public var invariantViolations: [String]
     public var types: [TypeStatistics]
     public var kinds: [KindStatistics]
@@ -42,13 +44,13 @@ public struct DemoReport: Codable, Sendable {
     /// Whether everything the demo checks held.
     public var ok: Bool {
         wrongResults == 0 && freedTextIsTrap && writableExecutableMappings == 0 && invariantViolations.isEmpty
-            && writesAfterSealRefused == sealedAllocations && functionsRun > 0
+            && writesAfterSealRefused == sealedAllocations && functionsRun > 0 && bpf.ok
     }
 }
 
 public enum Demo {
     /// Runs the demo on `allocator` (a fresh default one when nil).
-    public static func run(functions count: Int = 4000, seed: UInt64 = 1,
+    public static func run(functions count: Int = 4000, bpfPrograms: Int = 3000, seed: UInt64 = 1,
                            allocator: ExecMemAllocator? = nil) throws -> DemoReport {
         let started = Clock.now
         let mem = try allocator ?? ExecMemAllocator()
@@ -122,6 +124,8 @@ public enum Demo {
             do { try mem.write([1], to: a) } catch { if case .sealed = error { refused += 1 } }
         }
 
+        let bpf = try BPFDemoReport.run(programs: bpfPrograms, allocator: mem)
+
         let stats = mem.statistics()
         let rwx = (try? ProcMaps.writableExecutable().count) ?? -1
         var maxDistance: UInt = 0
@@ -138,7 +142,7 @@ public enum Demo {
             functionsInstalled: installed.count, functionsRun: run, wrongResults: wrong, functionsFreed: freed,
             freedTextIsTrap: trapped, hostCallsDirect: direct, hostCallsIndirect: indirect, rodataTables: tables.count,
             sealedAllocations: sealed, writesAfterSealRefused: refused,
-            hugePageCoverage: stats[.text].hugePageCoverage, writableExecutableMappings: rwx,
+            hugePageCoverage: stats[.text].hugePageCoverage, writableExecutableMappings: rwx, bpf: bpf,
             invariantViolations: mem.checkInvariants(), types: stats.types, kinds: stats.kinds, notes: stats.notes,
             seconds: started.elapsedSeconds)
     }

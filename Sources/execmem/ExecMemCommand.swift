@@ -28,6 +28,7 @@ extension ExecMemCommand {
             abstract: "Install, run and free a few thousand generated functions; show statistics, 2 MiB coverage and a W^X scan.")
 
         @Option(help: "Number of functions to generate.") var functions = 4000
+        @Option(help: "Number of eBPF programs to JIT-compile.") var bpfPrograms = 3000
         @Option(help: "Seed for the generated functions.") var seed: UInt64 = 1
         @Option(help: "Backing: memfd, hugetlb or anonymous.") var backing: Backing = .memfd
         @Option(help: "Write views: persistent or transient.") var writeView: WriteViewMode = .persistent
@@ -36,11 +37,12 @@ extension ExecMemCommand {
 
         func run() throws {
             guard functions > 0 else { throw ValidationError("--functions must be positive") }
+            guard bpfPrograms >= 0 else { throw ValidationError("--bpf-programs must not be negative") }
             var config = ExecMemConfiguration()
             config.backing = backing
             config.writeView = writeView
             if splitRange { config.layout = .defaultSplit }
-            let report = try ExecMemTools.Demo.run(functions: functions, seed: seed, allocator: ExecMemAllocator(config))
+            let report = try ExecMemTools.Demo.run(functions: functions, bpfPrograms: bpfPrograms, seed: seed, allocator: ExecMemAllocator(config))
             if json { try printJSON(report) } else { printDemo(report) }
             if !report.ok { throw ExitCode.failure }
         }

@@ -38,6 +38,9 @@ func printDemo(_ r: DemoReport) {
     print("  ran \(r.functionsRun) calls, \(r.wrongResults) wrong results; \(r.hostCallsDirect) functions call the host with call rel32 (\(r.hostCallsIndirect) indirectly), \(r.rodataTables) rodata tables read RIP-relative")
     print("  freed \(r.functionsFreed): freed text reads back as int3: \(r.freedTextIsTrap ? "yes" : "NO")")
     print("  sealed \(r.sealedAllocations) ro-after-init allocations; writes after sealing refused: \(r.writesAfterSealRefused)")
+    let b = r.bpf
+    print("  eBPF: JIT-compiled \(b.programsCompiled) programs of real sizes (\(Int(b.microsecondsPerCompile.rounded())) us each): \(mib(b.codeBytes)) of x86-64 in \(b.blocksUsed) shared 2 MiB blocks, where one page per program would take \(b.pagesIfOnePerProgram) pages (\(mib(b.pagesIfOnePerProgram * 4096)))")
+    print("        ran \(b.programsRun), \(b.wrongResults) wrong; unloaded \(b.programsUnloaded), their code reads back as int3: \(b.unloadedCodeIsTrap ? "yes" : "NO"); hash-map program agrees with the host: \(b.mapProgramAgrees ? "yes" : "NO")")
     print("")
     var rows = [["type", "blocks", "allocations", "used", "requested", "free", "largest free", "fragmentation", "2 MiB pages"]]
     for t in r.types {

@@ -12,7 +12,7 @@ import Testing
         var config = ExecMemConfiguration()
         config.rangeSize = 128 << 20
         config.fallbackSize = 32 << 20
-        let report = try Demo.run(functions: 600, allocator: ExecMemAllocator(config))
+        let report = try Demo.run(functions: 600, bpfPrograms: 400, allocator: ExecMemAllocator(config))
         #expect(report.ok, "\(report)")
         #expect(report.functionsInstalled == 600)
         #expect(report.functionsRun == 600 + 400, "every function once, the 400 kept ones again")
@@ -22,6 +22,9 @@ import Testing
         #expect(report.freedTextIsTrap)
         #expect(report.invariantViolations.isEmpty)
         #expect(report.writesAfterSealRefused == report.sealedAllocations)
+        #expect(report.bpf.programsRun == 400 && report.bpf.wrongResults == 0)
+        #expect(report.bpf.blocksUsed <= 2 && report.bpf.pagesIfOnePerProgram >= 400)
+        #expect(report.bpf.unloadedCodeIsTrap && report.bpf.mapProgramAgrees)
         if KernelFeatures.probe().collapseOnMemfd {
             #expect(report.hugePageCoverage >= 0.99)
         }
