@@ -72,7 +72,7 @@ public struct ConformanceRunner: Sendable {
     public init(engine: BPFEngine, vm: BPFVM = BPFVM()) {
         self.vm = vm
         self.engine = engine
-        vm.register(5, BPFHelper(name: "unwind", unwindsOnZero: true) { a, _, _, _, _ in a })
+        vm.register(5, BPFHelper(name: "unwind", unwindsOnZero: true, c: { a, _, _, _, _ in a }))
     }
 
     public struct Outcome: Sendable {

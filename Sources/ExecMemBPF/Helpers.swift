@@ -22,11 +22,13 @@ public struct BPFHelper: Sendable {
     /// For Swift closures: the index the dispatcher finds it by.
     let swiftIndex: Int
 
-    public init(name: String, unwindsOnZero: Bool = false, _ function: BPFHelperFunction) {
+    /// A C function, which JIT code calls directly.
+    public init(name: String, unwindsOnZero: Bool = false, c function: BPFHelperFunction) {
         self.name = name; self.unwindsOnZero = unwindsOnZero; implementation = .c(function); swiftIndex = -1
     }
 
-    public init(name: String, unwindsOnZero: Bool = false, _ body: @escaping @Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64) {
+    /// A Swift closure, which JIT code reaches through one C dispatcher.
+    public init(name: String, unwindsOnZero: Bool = false, swift body: @escaping @Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64) {
         self.name = name; self.unwindsOnZero = unwindsOnZero; implementation = .swift(body)
         swiftIndex = SwiftHelperTable.register(body)
     }
@@ -111,8 +113,8 @@ enum MapHelpers {
     }
 
     static let builtins: [Int32: BPFHelper] = [
-        1: BPFHelper(name: "bpf_map_lookup_elem", lookup),
-        2: BPFHelper(name: "bpf_map_update_elem", update),
-        3: BPFHelper(name: "bpf_map_delete_elem", delete),
+        1: BPFHelper(name: "bpf_map_lookup_elem", c: lookup),
+        2: BPFHelper(name: "bpf_map_update_elem", c: update),
+        3: BPFHelper(name: "bpf_map_delete_elem", c: delete),
     ]
 }

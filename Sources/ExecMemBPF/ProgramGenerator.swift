@@ -14,9 +14,9 @@ public struct BPFProgramGenerator {
     public static let memorySize = 64
     /// The helper generated programs call, by number: a deterministic mix of its arguments.
     public static let helperNumber: Int32 = 7
-    public static let helper = BPFHelper(name: "mix") { a, b, c, d, e in
+    public static let helper = BPFHelper(name: "mix", c: { a, b, c, d, e in
         (a &* 0x9E37_79B9_7F4A_7C15) ^ (b << 1) ^ (c >> 3) &+ d &- e
-    }
+    })
 
     var rng: SplitMix64
     var code: [BPFInstruction] = []

@@ -15,7 +15,7 @@ import Testing
         var rng = SplitMix64(state: 11)
         let inputs: [[UInt8]] = [(0..<256).map { _ in UInt8(truncatingIfNeeded: rng.next()) },
                                  (0..<64).map { UInt8($0) }, Array("hello world, hello eBPF\0hello world".utf8) + [UInt8](repeating: 0x61, count: 28)]
-        for cpu in ["v3", "v4"] {
+        for cpu in ["v1", "v2", "v3", "v4"] {
             let object = try CPrograms.compileBPF(name, cpu: cpu, in: dir)
             for engine in BPFEngine.allCases {
                 // A fresh load per engine: maps and globals start as the native run's do.
