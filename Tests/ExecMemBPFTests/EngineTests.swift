@@ -25,3 +25,21 @@ import Testing
         #expect(mem.statistics()[.bpf].allocations == 0)
     }
 }
+
+@Suite struct JITOptionTests {
+    @Test func boundsChecksCanBeTurnedOffForTrustedPrograms() throws {
+        let vm = BPFVM(allocator: try testAllocator())
+        let source = "ldxw %r0, [%r1+4]\nmov %r2, %r1\nstxb [%r2+0], %r0\nexit"
+        let checked = try vm.load(assembly: source), trusted = try vm.load(assembly: source)
+        try checked.compile()
+        try trusted.compile(options: JITOptions(boundsChecks: false))
+        #expect(trusted.jitAllocation!.size < checked.jitAllocation!.size, "no inline checks")
+        for p in [checked, trusted] {
+            var memory: [UInt8] = [9, 9, 9, 9, 0x44, 0x33, 0x22, 0x11]
+            let r0 = try memory.withUnsafeMutableBytes { m in try Result { () throws(BPFError) in try p.run(memory: m, engine: .jit) }.get() }
+            #expect(r0 == 0x1122_3344 && memory[0] == 0x44)
+        }
+        // The checked build refuses what the trusted one would do blindly.
+        #expect(throws: BPFError.self) { try checked.run(bytes: [1, 2], engine: .jit) }
+    }
+}
