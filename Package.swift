@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .library(name: "ExecMem", targets: ["ExecMem"]),
         .library(name: "ExecMemBPF", targets: ["ExecMemBPF"]),
+        .library(name: "ExecMemSim", targets: ["ExecMemSim"]),
         .executable(name: "execmem", targets: ["execmem"]),
     ],
     dependencies: [
@@ -32,20 +33,23 @@ let package = Package(
             name: "ExecMemBPF",
             dependencies: ["ExecMem", "ExecMemELF", .product(name: "Atomics", package: "swift-atomics")]
         ),
+        // The simulator: the allocator core over a model of kernel page tables, on real workloads.
+        .target(name: "ExecMemSim", dependencies: ["ExecMem"], resources: [.copy("Resources/data")]),
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
         .target(
             name: "ExecMemTools",
-            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF"],
-            resources: [.copy("Resources/bpf"), .copy("Resources/data")]
+            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim"],
+            resources: [.copy("Resources/bpf")]
         ),
         .executableTarget(
             name: "execmem",
-            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
+        .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],
     swiftLanguageModes: [.v6]

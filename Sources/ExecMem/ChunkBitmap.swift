@@ -2,21 +2,21 @@
 // 512 words. Searches skip whole words of set or clear bits, so a full or empty stretch costs one
 // comparison per 64 chunks.
 
-struct ChunkBitmap {
-    static let wordBits = 64
+public struct ChunkBitmap: Sendable {
+    public static let wordBits = 64
     private(set) var words: [UInt64]
-    let count: Int
+    public let count: Int
 
-    init(count: Int) {
+    public init(count: Int) {
         precondition(count % Self.wordBits == 0)
         self.count = count
         words = [UInt64](repeating: 0, count: count / Self.wordBits)
     }
 
-    subscript(bit: Int) -> Bool { words[bit >> 6] & (1 << UInt64(bit & 63)) != 0 }
+    public subscript(bit: Int) -> Bool { words[bit >> 6] & (1 << UInt64(bit & 63)) != 0 }
 
     /// Index of the first set bit in `[from, limit)`, or nil.
-    func firstSet(from: Int, limit: Int) -> Int? {
+    public func firstSet(from: Int, limit: Int) -> Int? {
         guard from < limit else { return nil }
         return words.withUnsafeBufferPointer { w in
             var i = from >> 6
@@ -34,7 +34,7 @@ struct ChunkBitmap {
     }
 
     /// Index of the last set bit below `before`, or nil.
-    func lastSet(before: Int) -> Int? {
+    public func lastSet(before: Int) -> Int? {
         guard before > 0 else { return nil }
         return words.withUnsafeBufferPointer { w in
             var i = (before - 1) >> 6
@@ -50,7 +50,7 @@ struct ChunkBitmap {
     }
 
     /// Index of the first clear bit at or after `from`, or `count`.
-    func firstClear(from: Int) -> Int {
+    public func firstClear(from: Int) -> Int {
         guard from < count else { return count }
         return words.withUnsafeBufferPointer { w in
             var i = from >> 6
@@ -65,7 +65,7 @@ struct ChunkBitmap {
     }
 
     /// First index `>= from`, a multiple of `alignment`, starting `length` clear bits; nil if none.
-    func findClearRun(length: Int, alignment: Int, from: Int) -> Int? {
+    public func findClearRun(length: Int, alignment: Int, from: Int) -> Int? {
         var start = align(firstClear(from: from), alignment)
         while start + length <= count {
             guard let blocker = firstSet(from: start, limit: start + length) else { return start }
@@ -75,7 +75,7 @@ struct ChunkBitmap {
     }
 
     /// Sets or clears `[start, start + length)`.
-    mutating func assign(_ value: Bool, start: Int, length: Int) {
+    public mutating func assign(_ value: Bool, start: Int, length: Int) {
         precondition(start >= 0 && length > 0 && start + length <= count)
         let end = start + length
         words.withUnsafeMutableBufferPointer { w in
@@ -91,16 +91,16 @@ struct ChunkBitmap {
     }
 
     /// Whether all of `[start, start + length)` is set (or all clear when `value` is false).
-    func all(_ value: Bool, start: Int, length: Int) -> Bool {
+    public func all(_ value: Bool, start: Int, length: Int) -> Bool {
         if value { return firstClear(from: start) >= start + length }
         return firstSet(from: start, limit: start + length) == nil
     }
 
     /// Number of set bits.
-    var population: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
+    public var population: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
 
     /// Length of the longest stretch of clear bits.
-    var longestClearRun: Int {
+    public var longestClearRun: Int {
         var best = 0, i = firstClear(from: 0)
         while i < count {
             let end = firstSet(from: i, limit: count) ?? count

@@ -353,6 +353,11 @@ public final class ExecMemAllocator: Sendable {
         pool.withLock { p in p.ranges.map { ($0.base, $0.size, $0.note) } }
     }
 
+    /// The type committed in each 2 MiB slot of each range (nil: free), for maps of the range.
+    public var slotTypes: [[ExecMemType?]] {
+        pool.withLock { p in p.ranges.map { r in r.slots.map { $0 == 0 ? nil : ExecMemType(rawValue: Int($0) - 1) } } }
+    }
+
     /// What the allocator had to settle for: placement, collapse failures, a missing fallback.
     public var notes: [String] {
         pool.withLock { p in [p.ranges[0].note] + p.notes }

@@ -1,7 +1,8 @@
-// Real eBPF program sizes (../shared/data/bpf-programs, bundled here as Resources/data so the demo and
+// Real eBPF program sizes (../shared/data/bpf-programs, bundled with the simulator so the demo and
 // benchmarks work on a machine without the shared data) and straight-line programs of those sizes.
 
 import ExecMemBPF
+import ExecMemSim
 import Foundation
 
 /// The package's bundled resources (C sources, data sets).
@@ -10,12 +11,7 @@ let resourceDirectory = Bundle.module.resourcePath ?? Bundle.module.bundlePath
 public enum BPFWorkload {
     /// Instruction counts (8-byte slots) of the 389 entry programs and their sub-functions measured
     /// from Debian's libbpf-tools and xdp-tools.
-    public static let sizes: [Int] = {
-        guard let text = try? String(contentsOfFile: resourceDirectory + "/data/bpf_programs.csv", encoding: .utf8) else { return [] }
-        return text.split(whereSeparator: \.isNewline).dropFirst().compactMap { line in
-            line.split(separator: ",").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-        }
-    }()
+    public static let sizes: [Int] = (try? DataSet.load(withSymbolTables: false).bpfSizes) ?? []
 
     /// A program of `slots` instructions that computes a value from r1 with no helper calls and no
     /// memory access, so its JIT code runs the same wherever it is copied.
