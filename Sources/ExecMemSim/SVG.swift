@@ -61,9 +61,9 @@ public enum SimSVG {
     static func bars(_ results: [SimResult], title: String, log: Bool, value: (SimResult) -> Double) -> String {
         let workloads = WorkloadKind.allCases.filter { w in results.contains { $0.workload == w } }
         let policies = PolicyKind.allCases.filter { p in results.contains { $0.policy == p } }
-        let group = policies.count * 22 + 30, width = 80 + workloads.count * group, height = 360, plot = 240
+        let group = policies.count * 26 + 30, width = 80 + workloads.count * group, height = 360, plot = 240
         let maxValue = max(1, results.map(value).max() ?? 1)
-        func scale(_ v: Double) -> Double { log ? (v <= 1 ? 0 : Foundation.log10(v) / Foundation.log10(maxValue)) : v / maxValue }
+        func scale(_ v: Double) -> Double { log ? Foundation.log10(v + 1) / Foundation.log10(maxValue + 1) : v / maxValue }
         var s = header(width, height, title)
         s += "<line x1=\"60\" y1=\"\(60 + plot)\" x2=\"\(width - 10)\" y2=\"\(60 + plot)\" stroke=\"#333\"/>\n"
         for (w, wk) in workloads.enumerated() {
@@ -71,11 +71,11 @@ public enum SimSVG {
             for (p, pk) in policies.enumerated() {
                 guard let r = results.first(where: { $0.workload == wk && $0.policy == pk }) else { continue }
                 let v = value(r), h = Int((scale(v) * Double(plot)).rounded())
-                let x = x0 + p * 22
-                s += "<rect x=\"\(x)\" y=\"\(60 + plot - h)\" width=\"18\" height=\"\(h)\" fill=\"\(policyColors[p % policyColors.count])\"/>\n"
-                s += "<text x=\"\(x + 9)\" y=\"\(56 + plot - h)\" font-size=\"9\" text-anchor=\"middle\" \(font)>\(formatted(v))</text>\n"
+                let x = x0 + p * 26
+                s += "<rect x=\"\(x)\" y=\"\(60 + plot - h)\" width=\"22\" height=\"\(h)\" fill=\"\(policyColors[p % policyColors.count])\"/>\n"
+                s += "<text x=\"\(x + 11)\" y=\"\(56 + plot - h)\" font-size=\"9\" text-anchor=\"middle\" \(font)>\(formatted(v))</text>\n"
             }
-            s += "<text x=\"\(x0 + policies.count * 11)\" y=\"\(78 + plot)\" font-size=\"12\" text-anchor=\"middle\" \(font)>\(wk.rawValue)</text>\n"
+            s += "<text x=\"\(x0 + policies.count * 13)\" y=\"\(78 + plot)\" font-size=\"12\" text-anchor=\"middle\" \(font)>\(wk.rawValue)</text>\n"
         }
         s += legend(policies.map(\.rawValue), policyColors, y: height - 22)
         return s + "</svg>\n"
