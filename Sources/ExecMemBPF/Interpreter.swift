@@ -78,7 +78,9 @@ extension BPFProgram {
                     continue
                 }
                 let b = i.opcode & BPF.X != 0 ? r[s] : imm
-                r[d] = wide ? alu64(op, r[d], b, i.offset, i.opcode & BPF.X != 0) : UInt64(alu32(op, UInt32(truncatingIfNeeded: r[d]), UInt32(truncatingIfNeeded: b), i.offset))
+                let x = i.opcode & BPF.X != 0
+                r[d] = wide ? alu(op, r[d], b, i.offset, fromRegister: x, signed: Int64.self)
+                    : UInt64(alu(op, UInt32(truncatingIfNeeded: r[d]), UInt32(truncatingIfNeeded: b), i.offset, fromRegister: x, signed: Int32.self))
             case BPF.JMP, BPF.JMP32:
                 let op = i.opcode & 0xF0
                 if i.opcode == BPF.JMP | BPF.EXIT {
@@ -144,116 +146,70 @@ extension BPFProgram {
     }
 
     private func atomic(_ op: Int32, _ p: UnsafeMutableRawPointer, _ size: Int, _ r: inout [UInt64], _ s: Int) {
-        if size == 8 {
-            let a = UnsafeAtomic<UInt64>(at: p.assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
-            let v = r[s]
-            switch op {
-            case BPF.CMPXCHG: r[0] = a.compareExchange(expected: r[0], desired: v, ordering: .sequentiallyConsistent).original
-            case BPF.XCHG: r[s] = a.exchange(v, ordering: .sequentiallyConsistent)
-            default:
-                let old: UInt64
-                switch op & ~BPF.FETCH {
-                case 0x00: old = a.loadThenWrappingIncrement(by: v, ordering: .sequentiallyConsistent)
-                case 0x40: old = a.loadThenBitwiseOr(with: v, ordering: .sequentiallyConsistent)
-                case 0x50: old = a.loadThenBitwiseAnd(with: v, ordering: .sequentiallyConsistent)
-                default: old = a.loadThenBitwiseXor(with: v, ordering: .sequentiallyConsistent)
-                }
-                if op & BPF.FETCH != 0 { r[s] = old }
+        if size == 8 { atomic(op, p, UInt64.self, &r, s) } else { atomic(op, p, UInt32.self, &r, s) }
+    }
+
+    /// An atomic at the width of `T`; fetched values come back zero-extended.
+    private func atomic<T: FixedWidthInteger & UnsignedInteger & AtomicValue>(_ op: Int32, _ p: UnsafeMutableRawPointer, _: T.Type,
+                                                                               _ r: inout [UInt64], _ s: Int)
+    where T.AtomicRepresentation.Value == T, T: AtomicInteger {
+        let a = UnsafeAtomic<T>(at: p.assumingMemoryBound(to: T.AtomicRepresentation.self))
+        let v = T(truncatingIfNeeded: r[s])
+        switch op {
+        case BPF.CMPXCHG:
+            r[0] = UInt64(a.compareExchange(expected: T(truncatingIfNeeded: r[0]), desired: v, ordering: .sequentiallyConsistent).original)
+        case BPF.XCHG:
+            r[s] = UInt64(a.exchange(v, ordering: .sequentiallyConsistent))
+        default:
+            let old: T
+            switch op & ~BPF.FETCH {
+            case 0x00: old = a.loadThenWrappingIncrement(by: v, ordering: .sequentiallyConsistent)
+            case 0x40: old = a.loadThenBitwiseOr(with: v, ordering: .sequentiallyConsistent)
+            case 0x50: old = a.loadThenBitwiseAnd(with: v, ordering: .sequentiallyConsistent)
+            default: old = a.loadThenBitwiseXor(with: v, ordering: .sequentiallyConsistent)
             }
-        } else {
-            let a = UnsafeAtomic<UInt32>(at: p.assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
-            let v = UInt32(truncatingIfNeeded: r[s])
-            switch op {
-            case BPF.CMPXCHG:
-                r[0] = UInt64(a.compareExchange(expected: UInt32(truncatingIfNeeded: r[0]), desired: v, ordering: .sequentiallyConsistent).original)
-            case BPF.XCHG: r[s] = UInt64(a.exchange(v, ordering: .sequentiallyConsistent))
-            default:
-                let old: UInt32
-                switch op & ~BPF.FETCH {
-                case 0x00: old = a.loadThenWrappingIncrement(by: v, ordering: .sequentiallyConsistent)
-                case 0x40: old = a.loadThenBitwiseOr(with: v, ordering: .sequentiallyConsistent)
-                case 0x50: old = a.loadThenBitwiseAnd(with: v, ordering: .sequentiallyConsistent)
-                default: old = a.loadThenBitwiseXor(with: v, ordering: .sequentiallyConsistent)
-                }
-                if op & BPF.FETCH != 0 { r[s] = UInt64(old) }
-            }
+            if op & BPF.FETCH != 0 { r[s] = UInt64(old) }
         }
     }
 }
 
-// MARK: - ALU and comparisons (shared with the tests' reference checks)
+// MARK: - ALU and comparisons
 
+/// One ALU operation at the width of `U` (UInt64 for ALU64, UInt32 for ALU), with `S` its signed twin.
 @inline(__always)
-func alu64(_ op: UInt8, _ a: UInt64, _ b: UInt64, _ offset: Int16, _ fromRegister: Bool) -> UInt64 {
+func alu<U: FixedWidthInteger & UnsignedInteger, S: FixedWidthInteger & SignedInteger>(
+    _ op: UInt8, _ a: U, _ b: U, _ offset: Int16, fromRegister: Bool, signed: S.Type
+) -> U {
+    let shift = b & U(U.bitWidth - 1)
     switch op {
     case BPF.ADD: return a &+ b
     case BPF.SUB: return a &- b
     case BPF.MUL: return a &* b
     case BPF.DIV:
         if b == 0 { return 0 }
-        if offset == 1 {
-            let x = Int64(bitPattern: a), y = Int64(bitPattern: b)
-            return y == -1 ? UInt64(bitPattern: 0 &- x) : UInt64(bitPattern: x / y)
-        }
-        return a / b
+        guard offset == 1 else { return a / b }
+        let x = S(truncatingIfNeeded: a), y = S(truncatingIfNeeded: b)
+        return U(truncatingIfNeeded: y == -1 ? 0 &- x : x / y)  // MIN / -1 wraps to MIN
     case BPF.OR: return a | b
     case BPF.AND: return a & b
-    case BPF.LSH: return a << (b & 63)
-    case BPF.RSH: return a >> (b & 63)
+    case BPF.LSH: return a << shift
+    case BPF.RSH: return a >> shift
     case BPF.NEG: return 0 &- a
     case BPF.MOD:
         if b == 0 { return a }
-        if offset == 1 {
-            let x = Int64(bitPattern: a), y = Int64(bitPattern: b)
-            return y == -1 ? 0 : UInt64(bitPattern: x % y)
-        }
-        return a % b
+        guard offset == 1 else { return a % b }
+        let x = S(truncatingIfNeeded: a), y = S(truncatingIfNeeded: b)
+        return y == -1 ? 0 : U(truncatingIfNeeded: x % y)
     case BPF.XOR: return a ^ b
     case BPF.MOV:
         guard fromRegister else { return b }
-        switch offset {
-        case 8: return UInt64(bitPattern: Int64(Int8(truncatingIfNeeded: b)))
-        case 16: return UInt64(bitPattern: Int64(Int16(truncatingIfNeeded: b)))
-        case 32: return UInt64(bitPattern: Int64(Int32(truncatingIfNeeded: b)))
+        switch offset {  // movsx
+        case 8: return U(truncatingIfNeeded: Int64(Int8(truncatingIfNeeded: b)))
+        case 16: return U(truncatingIfNeeded: Int64(Int16(truncatingIfNeeded: b)))
+        case 32: return U(truncatingIfNeeded: Int64(Int32(truncatingIfNeeded: b)))
         default: return b
         }
-    default: return UInt64(bitPattern: Int64(bitPattern: a) >> Int64(b & 63))  // ARSH
-    }
-}
-
-@inline(__always)
-func alu32(_ op: UInt8, _ a: UInt32, _ b: UInt32, _ offset: Int16) -> UInt32 {
-    switch op {
-    case BPF.ADD: return a &+ b
-    case BPF.SUB: return a &- b
-    case BPF.MUL: return a &* b
-    case BPF.DIV:
-        if b == 0 { return 0 }
-        if offset == 1 {
-            let x = Int32(bitPattern: a), y = Int32(bitPattern: b)
-            return y == -1 ? UInt32(bitPattern: 0 &- x) : UInt32(bitPattern: x / y)
-        }
-        return a / b
-    case BPF.OR: return a | b
-    case BPF.AND: return a & b
-    case BPF.LSH: return a << (b & 31)
-    case BPF.RSH: return a >> (b & 31)
-    case BPF.NEG: return 0 &- a
-    case BPF.MOD:
-        if b == 0 { return a }
-        if offset == 1 {
-            let x = Int32(bitPattern: a), y = Int32(bitPattern: b)
-            return y == -1 ? 0 : UInt32(bitPattern: x % y)
-        }
-        return a % b
-    case BPF.XOR: return a ^ b
-    case BPF.MOV:
-        switch offset {
-        case 8: return UInt32(bitPattern: Int32(Int8(truncatingIfNeeded: b)))
-        case 16: return UInt32(bitPattern: Int32(Int16(truncatingIfNeeded: b)))
-        default: return b
-        }
-    default: return UInt32(bitPattern: Int32(bitPattern: a) >> Int32(b & 31))  // ARSH
+    default: return U(truncatingIfNeeded: S(truncatingIfNeeded: a) >> S(truncatingIfNeeded: shift))  // ARSH
     }
 }
 
