@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "ExecMem", targets: ["ExecMem"]),
         .library(name: "ExecMemBPF", targets: ["ExecMemBPF"]),
         .library(name: "ExecMemSim", targets: ["ExecMemSim"]),
+        .library(name: "ExecMemLoader", targets: ["ExecMemLoader"]),
         .executable(name: "execmem", targets: ["execmem"]),
     ],
     dependencies: [
@@ -33,22 +34,30 @@ let package = Package(
             name: "ExecMemBPF",
             dependencies: ["ExecMem", "ExecMemELF", .product(name: "Atomics", package: "swift-atomics")]
         ),
+        // What the module loader needs from C: a static TLS arena, dladdr, dlsym.
+        .target(name: "CExecMemLoaderRuntime"),
+        // Relocatable objects and archives laid out by type, linked, run.
+        .target(name: "ExecMemLoader", dependencies: ["ExecMem", "ExecMemELF", "CExecMemLoaderRuntime"]),
         // The simulator: the allocator core over a model of kernel page tables, on real workloads.
         .target(name: "ExecMemSim", dependencies: ["ExecMem"], resources: [.copy("Resources/data")]),
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
         .target(
             name: "ExecMemTools",
-            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim"],
+            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader"],
             resources: [.copy("Resources/bpf")]
         ),
         .executableTarget(
             name: "execmem",
-            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
+        .testTarget(
+            name: "ExecMemLoaderTests", dependencies: ["ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "execmem"],
+            exclude: ["Fixtures"]
+        ),
         .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],

@@ -8,6 +8,9 @@ public enum Placement: Sendable, Codable, Equatable {
     /// code reaches host functions with `call rel32`. If no such hole exists, the range goes anywhere
     /// and the allocator's report says so.
     case nearExecutable
+    /// Within +/-2 GiB of every byte of `[start, end)` (a shared library's image, say), at a random
+    /// 2 MiB-aligned base; an error when no hole fits.
+    case near(start: UInt, end: UInt)
     /// Anywhere the kernel chooses (randomized by ASLR).
     case anywhere
     /// Exactly at this address (rounded up to 2 MiB); an error if it is taken.

@@ -78,31 +78,45 @@ enum RangePlacer {
             } catch {
                 throw .placementFailed("cannot reserve \(size) bytes at the hint \(hex(aligned)): \(error)")
             }
+        case let .near(start, end):
+            for _ in 0..<8 {
+                guard let maps = try? ProcMaps.read() else { break }
+                let target = HostImage(path: "target", start: start, end: end, textStart: start, textEnd: end)
+                if let base = pick(nearCandidates(size: size, image: target, maps: maps), &rng),
+                   let got = try? backend.reserve(size: size, at: base) {
+                    return (got, "within rel32 of \(hex(start))-\(hex(end)) (random base)")
+                }
+            }
+            throw .placementFailed("no hole of \(size) bytes within rel32 reach of \(hex(start))-\(hex(end))")
         case .nearExecutable:
             for _ in 0..<8 {
                 guard let maps = try? ProcMaps.read(), let image = HostImage.find(in: maps) else {
                     return (try backend.reserve(size: size, at: nil), "anywhere: the executable's mappings were not found")
                 }
                 let candidates = nearCandidates(size: size, image: image, maps: maps)
-                let total = candidates.reduce(0) { $0 + $1.count }
-                if total == 0 {
+                guard let base = pick(candidates, &rng) else {
                     return (try backend.reserve(size: size, at: nil),
                             "anywhere: no hole of \(size) bytes within rel32 reach of \(image.path)")
                 }
-                var pick = Int.random(in: 0..<total, using: &rng)
-                for c in candidates {
-                    if pick < c.count {
-                        let base = c.first + UInt(pick) * block
-                        if let got = try? backend.reserve(size: size, at: base) {
-                            return (got, "within rel32 of the executable (random base)")
-                        }
-                        break  // raced with another mapping: read the maps again
-                    }
-                    pick -= c.count
+                if let got = try? backend.reserve(size: size, at: base) {
+                    return (got, "within rel32 of the executable (random base)")
                 }
+                // Raced with another mapping: read the maps again.
             }
             return (try backend.reserve(size: size, at: nil), "anywhere: placement near the executable kept failing")
         }
+    }
+
+    /// A random base among the candidates, or nil when there are none.
+    static func pick(_ candidates: [(first: UInt, count: Int)], _ rng: inout some RandomNumberGenerator) -> UInt? {
+        let total = candidates.reduce(0) { $0 + $1.count }
+        guard total > 0 else { return nil }
+        var k = Int.random(in: 0..<total, using: &rng)
+        for c in candidates {
+            if k < c.count { return c.first + UInt(k) * block }
+            k -= c.count
+        }
+        return nil
     }
 
     /// Aligned bases `first + k * 2 MiB` for `k < count` where the range would fit a hole and reach the image.
@@ -110,7 +124,8 @@ enum RangePlacer {
         let span = UInt(Int32.max)
         let lo = max(image.end > span ? image.end - span : 0, lowest)
         guard image.start + span > UInt(size) else { return [] }
-        let hi = image.start + span - UInt(size)  // highest base
+        // Highest base: in reach of the image, and below the top of user space (47-bit).
+        let hi = min(image.start + span - UInt(size), (UInt(1) << 47) - UInt(1 << 30) - UInt(size))
         guard hi >= lo else { return [] }
         // Occupied intervals: every mapping, plus headroom for the brk heap to grow.
         var busy = maps.map { (start: $0.start, end: $0.end) }

@@ -1,0 +1,82 @@
+// What a load starts from: relocatable objects, and the members of archives that define symbols the
+// objects still need, pulled in as a linker does (repeatedly, until nothing more resolves).
+
+import ExecMemELF
+import Foundation
+
+/// One relocatable object taking part in a load.
+struct InputObject {
+    let name: String
+    let elf: ELFFile
+    /// Sections left out: later copies of a COMDAT group already loaded.
+    var excluded: Set<Int> = []
+}
+
+public struct LoaderInput: Sendable {
+    public let name: String
+    public let bytes: [UInt8]
+    public init(name: String, bytes: [UInt8]) { self.name = name; self.bytes = bytes }
+
+    /// Reads a file.
+    public static func file(_ path: String) throws(LoaderError) -> LoaderInput {
+        guard let d = FileManager.default.contents(atPath: path) else { throw .io(path: path, reason: "cannot read the file") }
+        return LoaderInput(name: path, bytes: Array(d))
+    }
+}
+
+enum Inputs {
+    /// The objects given, plus the archive members they need.
+    static func resolve(_ inputs: [LoaderInput]) throws(LoaderError) -> [InputObject] {
+        var objects: [InputObject] = []
+        var archives: [Archive] = []
+        for input in inputs {
+            do {
+                if Archive.isArchive(input.bytes) {
+                    archives.append(try Archive(bytes: input.bytes, name: input.name))
+                } else {
+                    objects.append(InputObject(name: input.name, elf: try ELFFile(bytes: input.bytes, name: input.name, machine: ELF.EM_X86_64)))
+                }
+            } catch {
+                throw .elf(error)
+            }
+        }
+        for o in objects where o.elf.type != ELF.ET_REL {
+            throw .badInput(object: o.name, reason: "ELF type \(o.elf.type) is not a relocatable object (ET_REL)")
+        }
+        guard !archives.isEmpty else { return objects }
+        var taken = Set<String>()  // "archive#member offset"
+        var progress = true
+        while progress {
+            progress = false
+            let (defined, undefined) = symbolSets(objects)
+            for archive in archives {
+                for symbol in undefined.subtracting(defined).sorted() {
+                    guard let m = archive.symbolIndex[symbol] else { continue }
+                    let key = "\(archive.name)#\(archive.members[m].headerOffset)"
+                    guard !taken.contains(key) else { continue }
+                    taken.insert(key)
+                    let member = archive.members[m]
+                    let name = "\(archive.name)(\(member.name))"
+                    do {
+                        objects.append(InputObject(name: name, elf: try ELFFile(bytes: member.bytes, name: name, machine: ELF.EM_X86_64)))
+                    } catch {
+                        throw .elf(error)
+                    }
+                    progress = true
+                }
+            }
+        }
+        return objects
+    }
+
+    /// Global symbols defined and referenced (undefined, not weak) by the objects.
+    static func symbolSets(_ objects: [InputObject]) -> (Set<String>, Set<String>) {
+        var defined = Set<String>(), undefined = Set<String>()
+        for o in objects {
+            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty {
+                if s.isUndefined { if !s.isWeak { undefined.insert(s.name) } } else { defined.insert(s.name) }
+            }
+        }
+        return (defined, undefined)
+    }
+}

@@ -1,0 +1,106 @@
+// Sections laid out by mapping type, as the kernel's layout_sections() does for modules: executable
+// sections to text, read-only data (and .data.rel.ro, once relocated) to rodata, ro-after-init data
+// to its own type, writable data and .bss/COMMON to data, and .init* sections to init memory that is
+// freed once initialization has run. Each section keeps its alignment within its type.
+//
+//   text        .text*  (and at the end, veneers: `jmp *slot(%rip)` for targets out of rel32 reach)
+//   rodata      .rodata*, .data.rel.ro*, .eh_frame, .fini_array  (and at the end, the GOT)
+//   roAfterInit .data..ro_after_init, .data.ro_after_init
+//   data        .data*, .bss*, COMMON symbols
+//   initText    .init.text*            initRodata  .init.rodata*
+//   initData    .init.data*, .init_array, .preinit_array (read during init, freed after it)
+//   tls         .tdata, .tbss  (in the static TLS arena, not in module memory)
+
+import ExecMem
+import ExecMemELF
+
+enum Bucket: Int, CaseIterable, CustomStringConvertible {
+    case text, rodata, roAfterInit, data, initText, initRodata, initData
+
+    var kind: ExecMemKind {
+        switch self {
+        case .text, .initText: .moduleText
+        case .rodata, .initRodata: .moduleRodata
+        case .roAfterInit: .moduleRoAfterInit
+        case .data, .initData: .moduleData
+        }
+    }
+
+    var isInit: Bool { self == .initText || self == .initRodata || self == .initData }
+
+    var description: String {
+        ["text", "rodata", "roAfterInit", "data", "initText", "initRodata", "initData"][rawValue]
+    }
+
+    /// Where a section goes; nil for sections that are not loaded.
+    static func of(_ s: ELFSection) -> Bucket? {
+        guard s.isAllocated, s.type != ELF.SHT_GROUP, s.flags & ELF.SHF_TLS == 0 else { return nil }
+        let n = s.name
+        if n.hasPrefix(".init_array") || n.hasPrefix(".preinit_array") { return .initData }
+        if n.hasPrefix(".fini_array") { return .rodata }
+        if s.isExecutable { return n.hasPrefix(".init.") || n == ".init" ? .initText : .text }
+        if n.hasPrefix(".data..ro_after_init") || n.hasPrefix(".data.ro_after_init") { return .roAfterInit }
+        if n.hasPrefix(".data.rel.ro") { return .rodata }
+        if !s.isWritable { return n.hasPrefix(".init.") ? .initRodata : .rodata }
+        return n.hasPrefix(".init.") ? .initData : .data
+    }
+}
+
+/// Where every loaded section went, before addresses are known.
+struct Layout {
+    /// (object, section) -> (bucket, offset in the bucket).
+    var place: [SectionKey: (Bucket, Int)] = [:]
+    var size = [Int](repeating: 0, count: Bucket.allCases.count)
+    var alignment = [Int](repeating: 1, count: Bucket.allCases.count)
+    /// COMMON symbols, placed at the end of data: (object, symbol) -> offset in data.
+    var common: [SymbolKey: Int] = [:]
+    /// Thread-local sections: (object, section) -> offset in the module's TLS image.
+    var tls: [SectionKey: Int] = [:]
+    var tlsSize = 0
+    var tlsAlignment = 1
+
+    struct SectionKey: Hashable { let object: Int; let section: Int }
+    struct SymbolKey: Hashable { let object: Int; let symbol: Int }
+
+    static func align(_ v: Int, _ a: Int) -> Int { (v + a - 1) / a * a }
+
+    init(_ objects: [InputObject], commons: [(object: Int, symbol: Int)]) throws(LoaderError) {
+        for (o, obj) in objects.enumerated() {
+            for s in obj.elf.sections where !obj.excluded.contains(s.index) {
+                let a = max(1, Int(s.alignment))
+                guard a <= ExecMemGeometry.blockSize, a & (a - 1) == 0 else {
+                    throw .badInput(object: obj.name, reason: "section \(s.name) has alignment \(s.alignment) (a power of two up to 2 MiB is supported)")
+                }
+                if s.isAllocated && s.flags & ELF.SHF_TLS != 0 {
+                    tlsSize = Layout.align(tlsSize, a)
+                    tls[SectionKey(object: o, section: s.index)] = tlsSize
+                    tlsSize += s.size
+                    tlsAlignment = max(tlsAlignment, a)
+                    continue
+                }
+                guard let b = Bucket.of(s) else { continue }
+                let at = Layout.align(size[b.rawValue], a)
+                place[SectionKey(object: o, section: s.index)] = (b, at)
+                size[b.rawValue] = at + s.size
+                alignment[b.rawValue] = max(alignment[b.rawValue], a)
+            }
+        }
+        // COMMON symbols: st_value is the alignment.
+        for c in commons {
+            let sym = objects[c.object].elf.symbols[c.symbol]
+            let a = max(1, Int(min(sym.value, UInt64(ExecMemGeometry.blockSize))))
+            let at = Layout.align(size[Bucket.data.rawValue], a)
+            common[SymbolKey(object: c.object, symbol: c.symbol)] = at
+            size[Bucket.data.rawValue] = at + Int(sym.size)
+            alignment[Bucket.data.rawValue] = max(alignment[Bucket.data.rawValue], a)
+        }
+    }
+
+    /// Appends `bytes` bytes aligned to `a` to a bucket; returns the offset.
+    mutating func append(_ b: Bucket, bytes: Int, alignment a: Int) -> Int {
+        let at = Layout.align(size[b.rawValue], a)
+        size[b.rawValue] = at + bytes
+        alignment[b.rawValue] = max(alignment[b.rawValue], a)
+        return at
+    }
+}

@@ -1,0 +1,209 @@
+// Linking one module: resolve symbols (the module's own definitions, then other modules' exports,
+// then the host through dlsym; weak undefined is 0), plan a GOT and veneers, place the module, and
+// apply x86-64 relocations into the section images, checking every field for overflow.
+
+import CExecMemLoaderRuntime
+import ExecMem
+import ExecMemELF
+
+/// A symbol as relocations name it.
+enum Identity: Hashable {
+    case global(String)
+    case local(object: Int, symbol: Int)
+}
+
+enum GotKey: Hashable {
+    case address(Identity)
+    case tpoff(Identity)
+    case tlsgd(Identity)
+    case tlsld
+}
+
+struct Link {
+    var objects: [InputObject]
+    /// Global definitions of the module: name -> (object, symbol).
+    var globals: [String: (object: Int, symbol: Int)] = [:]
+    var layout: Layout
+    var got: [GotKey: Int] = [:]
+    var gotOrder: [GotKey] = []
+    /// External functions a rel32 may need to reach through a veneer, by name.
+    var veneers: [String: Int] = [:]
+    var gotOffset = 0, veneerOffset = 0
+    /// Host and other-module symbols, looked up once.
+    var external: [String: UInt] = [:]
+    var tlsBase = 0
+
+    static let veneerSize = 8  // jmp *slot(%rip) + 2 bytes of int3
+
+    init(_ inputs: [LoaderInput]) throws(LoaderError) {
+        var objects = try Inputs.resolve(inputs)
+        try Link.excludeDuplicateGroups(&objects)
+        var globals: [String: (object: Int, symbol: Int)] = [:]
+        var commons: [String: (Int, Int)] = [:]
+        var strong = Set<String>()
+        for (o, obj) in objects.enumerated() {
+            for s in obj.elf.symbols where s.isGlobal && !s.isUndefined && !s.name.isEmpty {
+                if s.sectionIndex < ELF.SHN_LORESERVE && obj.excluded.contains(Int(s.sectionIndex)) { continue }
+                if s.isCommon {
+                    if let c = commons[s.name], objects[c.0].elf.symbols[c.1].size >= s.size { continue }
+                    commons[s.name] = (o, s.index)
+                    continue
+                }
+                if let existing = globals[s.name] {
+                    if s.isWeak { continue }
+                    if strong.contains(s.name) {
+                        throw .duplicateDefinition(name: s.name, first: objects[existing.object].name, second: obj.name)
+                    }
+                }
+                globals[s.name] = (o, s.index)
+                if !s.isWeak { strong.insert(s.name) }
+            }
+        }
+        let unplacedCommons = commons.filter { globals[$0.key] == nil }
+        layout = try Layout(objects, commons: unplacedCommons.values.map { (object: $0.0, symbol: $0.1) })
+        for (name, c) in unplacedCommons { globals[name] = c }
+        self.objects = objects
+        self.globals = globals
+    }
+
+    /// Later copies of a COMDAT group (by signature) are left out.
+    static func excludeDuplicateGroups(_ objects: inout [InputObject]) throws(LoaderError) {
+        var seen = Set<String>()
+        for o in objects.indices {
+            let elf = objects[o].elf
+            for g in elf.sections where g.type == ELF.SHT_GROUP {
+                let words = stride(from: g.offset, to: g.offset + g.size, by: 4).map { at in
+                    elf.bytes[at..<min(at + 4, elf.bytes.count)].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) }
+                }
+                guard let flags = words.first, Int(g.info) < elf.symbols.count else {
+                    throw .badInput(object: objects[o].name, reason: "malformed section group \(g.name)")
+                }
+                let signature = elf.symbols[Int(g.info)].name
+                if flags & 1 == 1 && !seen.insert(signature).inserted {
+                    for m in words.dropFirst() { objects[o].excluded.insert(Int(m)) }
+                }
+            }
+        }
+    }
+
+    // MARK: - Symbols
+
+    func identity(_ o: Int, _ s: Int) -> Identity {
+        let sym = objects[o].elf.symbols[s]
+        return sym.binding == ELF.STB_LOCAL || sym.name.isEmpty ? .local(object: o, symbol: s) : .global(sym.name)
+    }
+
+    /// The definition an identity resolves to inside the module, if any.
+    func definition(_ id: Identity) -> (object: Int, symbol: Int)? {
+        switch id {
+        case let .local(o, s): return (o, s)
+        case let .global(name): return globals[name]
+        }
+    }
+
+    /// Whether the symbol is thread-local.
+    func isTLS(_ o: Int, _ s: Int) -> Bool {
+        let sym = objects[o].elf.symbols[s]
+        if sym.type == ELF.STT_TLS { return true }
+        return sym.sectionIndex < ELF.SHN_LORESERVE && layout.tls[Layout.SectionKey(object: o, section: Int(sym.sectionIndex))] != nil
+    }
+
+    /// Looks up every undefined global in other modules and the host (once).
+    mutating func resolveExternals(exports: [String: UInt], object: String) throws(LoaderError) {
+        for (o, obj) in objects.enumerated() {
+            for s in obj.elf.symbols where s.isUndefined && !s.name.isEmpty && globals[s.name] == nil && external[s.name] == nil {
+                if let a = exports[s.name] { external[s.name] = a; continue }
+                if s.name == "__tls_get_addr" { external[s.name] = TLSArena.getAddr; continue }
+                if s.name == "_GLOBAL_OFFSET_TABLE_" || s.name == "__dso_handle" { continue }  // the module's own
+                if let p = cem_dlsym(s.name) { external[s.name] = UInt(bitPattern: p); continue }
+                if s.isWeak { external[s.name] = 0; continue }
+                throw .undefinedSymbol(name: s.name, object: objects[o].name)
+            }
+        }
+    }
+
+    // MARK: - Planning the GOT and veneers
+
+    /// Scans relocations for GOT slots and veneers; says whether the module needs the low 2 GiB
+    /// (absolute 32-bit relocations) and which host data it reaches with rel32 (copy relocations).
+    mutating func plan() throws(LoaderError) -> (needsLow: String?, hostData: [(name: String, address: UInt)]) {
+        var needsLow: String? = nil
+        var hostData: [(String, UInt)] = []
+        func slot(_ k: GotKey, count: Int = 1) {
+            guard got[k] == nil else { return }
+            got[k] = gotOrder.count
+            gotOrder.append(k)
+            if count == 2 { gotOrder.append(k) }
+        }
+        for (o, obj) in objects.enumerated() {
+            for section in obj.elf.sections where placed(o, section.index) {
+                let relocations: [ELFRelocation]
+                do { relocations = try obj.elf.relocations(for: section) } catch { throw .elf(error) }
+                for r in relocations where r.type != 0 {
+                    let sym = obj.elf.symbols[r.symbolIndex]
+                    let id = identity(o, r.symbolIndex)
+                    switch r.type {
+                    case Relocation.GOTPCREL, Relocation.GOTPCRELX, Relocation.REX_GOTPCRELX: slot(.address(id))
+                    case Relocation.GOTTPOFF: slot(.tpoff(id))
+                    case Relocation.TLSGD: slot(.tlsgd(id), count: 2)
+                    case Relocation.TLSLD: slot(.tlsld, count: 2)
+                    case Relocation.PLT32, Relocation.PC32:
+                        if case let .global(name) = id, globals[name] == nil, let a = external[name], a != 0 {
+                            if r.type == Relocation.PC32 && !isExecutable(a) {
+                                hostData.append((name, a))  // data reached with rel32: no veneer can help
+                            } else if veneers[name] == nil {
+                                veneers[name] = veneers.count
+                                slot(.address(id))
+                            }
+                        }
+                    case Relocation.R_32, Relocation.R_32S:
+                        if needsLow == nil { needsLow = "\(obj.name): \(Relocation.name(r.type)) against '\(sym.name.isEmpty ? section.name : sym.name)'" }
+                    default: break
+                    }
+                }
+            }
+        }
+        if !veneers.isEmpty || !gotOrder.isEmpty || uses("_GLOBAL_OFFSET_TABLE_") {
+            gotOffset = layout.append(.rodata, bytes: max(8, gotOrder.count * 8), alignment: 8)
+        }
+        if !veneers.isEmpty { veneerOffset = layout.append(.text, bytes: veneers.count * Link.veneerSize, alignment: 16) }
+        return (needsLow, hostData)
+    }
+
+    func uses(_ name: String) -> Bool { objects.contains { $0.elf.symbols.contains { $0.isUndefined && $0.name == name } } }
+
+    func placed(_ o: Int, _ s: Int) -> Bool {
+        layout.place[Layout.SectionKey(object: o, section: s)] != nil || layout.tls[Layout.SectionKey(object: o, section: s)] != nil
+    }
+
+    /// Whether `address` lies in an executable mapping of the process (a function, not data).
+    func isExecutable(_ address: UInt) -> Bool {
+        HostMaps.shared.first { $0.start <= address && address < $0.end }?.executable ?? false
+    }
+}
+
+/// The process's mappings, read once per load for telling host functions from host data.
+enum HostMaps {
+    struct Entry { let start: UInt; let end: UInt; let executable: Bool; let path: String }
+
+    static var shared: [Entry] {
+        guard let text = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+            guard f.count >= 2 else { return nil }
+            let r = f[0].split(separator: "-")
+            guard r.count == 2, let s = UInt(r[0], radix: 16), let e = UInt(r[1], radix: 16) else { return nil }
+            return Entry(start: s, end: e, executable: f[1].dropFirst(2).first == "x",
+                         path: f.count > 5 ? String(f[5].drop { $0 == " " }) : "")
+        }
+    }
+
+    /// The extent of every mapping of the file that maps `address`.
+    static func image(containing address: UInt) -> (path: String, start: UInt, end: UInt)? {
+        let maps = shared
+        guard let m = maps.first(where: { $0.start <= address && address < $0.end }) else { return nil }
+        guard !m.path.isEmpty else { return (m.path, m.start, m.end) }
+        let same = maps.filter { $0.path == m.path }
+        return (m.path, same.map(\.start).min()!, same.map(\.end).max()!)
+    }
+}

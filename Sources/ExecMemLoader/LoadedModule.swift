@@ -1,0 +1,155 @@
+// A loaded module: its memory by type, its sections' placement, its exports; constructors run at
+// load, destructors at unload.
+
+import CExecMemLoaderRuntime
+import ExecMem
+import ExecMemELF
+import Glibc
+
+public final class LoadedModule: @unchecked Sendable {
+    public let name: String
+    public let allocator: ExecMemAllocator
+    /// Where each section went.
+    public let sections: [SectionPlacement]
+    /// The module's global definitions.
+    public let symbols: [String: UInt]
+    /// Allocations by type that remain after init (text, rodata, roAfterInit, data).
+    public private(set) var allocations: [String: Allocation]
+    /// Init memory freed after initialization, as it was.
+    public let freedInitAllocations: [Allocation]
+    private let finiFunctions: [UInt]
+    private let loader: ModuleLoader
+    private let exportID: Int
+    private var unloaded = false
+
+    typealias InitFunction = @convention(c) (Int32, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Void
+    typealias FiniFunction = @convention(c) () -> Void
+
+    init(link: Link, name: String, loader: ModuleLoader, allocator: ExecMemAllocator) throws(LoaderError) {
+        self.name = name
+        self.loader = loader
+        self.allocator = allocator
+        var link = link
+        // __dso_handle, when the module uses it, is a word of its data.
+        let dso = link.uses("__dso_handle") ? link.layout.append(.data, bytes: 8, alignment: 8) : -1
+        // Memory per type.
+        var allocated: [Bucket: Allocation] = [:]
+        func freeAll() { for a in allocated.values { try? allocator.free(a) } }
+        for b in Bucket.allCases where link.layout.size[b.rawValue] > 0 {
+            do {
+                allocated[b] = try allocator.allocate(b.kind, size: link.layout.size[b.rawValue], alignment: max(16, link.layout.alignment[b.rawValue]))
+            } catch {
+                freeAll()
+                throw .allocator(error)
+            }
+        }
+        // Thread-local storage.
+        if link.layout.tlsSize > 0 {
+            do { link.tlsBase = try TLSArena.take(link.layout.tlsSize, alignment: link.layout.tlsAlignment) } catch { freeAll(); throw error }
+        }
+        let base = Bucket.allCases.map { allocated[$0]?.address ?? 0 }
+        let addresses = Link.Addresses(base: base, gotAddress: base[Bucket.rodata.rawValue] + UInt(link.gotOffset),
+                                       veneerAddress: base[Bucket.text.rawValue] + UInt(link.veneerOffset),
+                                       dsoHandle: dso >= 0 ? base[Bucket.data.rawValue] + UInt(dso) : 0)
+        // Section images, relocated.
+        var images = Bucket.allCases.map { [UInt8](repeating: $0 == .text || $0 == .initText ? 0xCC : 0, count: link.layout.size[$0.rawValue]) }
+        var placements: [SectionPlacement] = []
+        for (o, obj) in link.objects.enumerated() {
+            for s in obj.elf.sections {
+                if let t = link.layout.tls[Layout.SectionKey(object: o, section: s.index)] {
+                    let dst = TLSArena.base + link.tlsBase + t
+                    if s.hasFileBytes { obj.elf.contents(s).withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } } else { dst.initializeMemory(as: UInt8.self, repeating: 0, count: s.size) }
+                    placements.append(SectionPlacement(object: obj.name, section: s.name, type: "tls", address: UInt(bitPattern: dst), size: s.size))
+                    continue
+                }
+                guard let (b, off) = link.layout.place[Layout.SectionKey(object: o, section: s.index)] else { continue }
+                if s.hasFileBytes { images[b.rawValue].replaceSubrange(off..<(off + s.size), with: obj.elf.contents(s)) }
+                else { for i in off..<(off + s.size) { images[b.rawValue][i] = 0 } }
+                placements.append(SectionPlacement(object: obj.name, section: s.name, type: b.description, address: base[b.rawValue] + UInt(off), size: s.size))
+            }
+        }
+        do {
+            try link.relocate(&images, addresses)
+            if !link.gotOrder.isEmpty {
+                let got = try link.gotContents(addresses)
+                for (i, v) in got.enumerated() { for k in 0..<8 { images[Bucket.rodata.rawValue][link.gotOffset + i * 8 + k] = UInt8(truncatingIfNeeded: v >> (8 * k)) } }
+                placements.append(SectionPlacement(object: name, section: "GOT (\(got.count) slots)", type: "rodata", address: addresses.gotAddress, size: got.count * 8))
+            }
+            if !link.veneers.isEmpty {
+                let code = link.veneerCode(addresses)
+                images[Bucket.text.rawValue].replaceSubrange(link.veneerOffset..<(link.veneerOffset + code.count), with: code)
+                placements.append(SectionPlacement(object: name, section: "veneers (\(link.veneers.count))", type: "text", address: addresses.veneerAddress, size: code.count))
+            }
+            for (b, a) in allocated { try allocator.write(images[b.rawValue], to: a) }
+        } catch let e as LoaderError {
+            freeAll()
+            throw e
+        } catch let e as ExecMemError {
+            freeAll()
+            throw .allocator(e)
+        } catch {
+            freeAll()
+            throw .badInput(object: name, reason: "\(error)")
+        }
+        allocator.makeVisible()
+        sections = placements
+        // Exports: every global definition.
+        var exported: [String: UInt] = [:]
+        for (n, d) in link.globals where !link.isTLS(d.object, d.symbol) {
+            if let v = try? link.symbolValue(d.object, d.symbol, addresses) { exported[n] = v }
+        }
+        symbols = exported
+        exportID = loader.register(exported)
+        // Constructors: .preinit_array, then .init_array (by priority), as the dynamic linker does.
+        var initFunctions: [UInt] = [], fini: [UInt] = []
+        let arrays = placements.filter { $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array") }
+        func priority(_ s: String) -> Int { Int(s.split(separator: ".").last ?? "") ?? 65536 }
+        for p in arrays.sorted(by: { ($0.section.hasPrefix(".preinit") ? 0 : 1, priority($0.section)) < ($1.section.hasPrefix(".preinit") ? 0 : 1, priority($1.section)) }) {
+            let entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
+            if p.section.hasPrefix(".fini_array") { fini += entries } else { initFunctions += entries }
+        }
+        finiFunctions = fini
+        for f in initFunctions where f != 0 && f != UInt.max {
+            unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
+        }
+        // Init done: seal ro-after-init, free init memory (its holes go back to the allocator).
+        if let ro = allocated[.roAfterInit] { try? allocator.seal(ro) }
+        var freed: [Allocation] = []
+        for b in Bucket.allCases where b.isInit {
+            if let a = allocated.removeValue(forKey: b) { try? allocator.free(a); freed.append(a) }
+        }
+        freedInitAllocations = freed
+        allocations = Dictionary(uniqueKeysWithValues: allocated.map { ($0.key.description, $0.value) })
+    }
+
+    /// A symbol the module defines.
+    public func address(of symbol: String) -> UInt? { symbols[symbol] }
+
+    /// Calls `int symbol(int argc, char **argv)`; `arguments[0]` is the program name.
+    public func callMain(_ symbol: String = "main", arguments: [String]) throws(LoaderError) -> Int32 {
+        guard let f = symbols[symbol] else { throw .noEntry(symbol: symbol, module: name) }
+        typealias Main = @convention(c) (Int32, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        return argv.withUnsafeMutableBufferPointer { b in
+            unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: Main.self)(Int32(arguments.count), b.baseAddress)
+        }
+    }
+
+    /// Runs destructors (.fini_array, last first) and frees the module's memory.
+    public func unload() {
+        guard !unloaded else { return }
+        unloaded = true
+        for f in finiFunctions.reversed() where f != 0 && f != UInt.max {
+            unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: FiniFunction.self)()
+        }
+        loader.unregister(exportID)
+        for a in allocations.values { try? allocator.free(a) }
+        allocations = [:]
+    }
+
+    deinit { unload() }
+}
+
+/// Flushes every stdio stream, as returning from main does.
+public func flushStandardIO() { cem_flush_all() }

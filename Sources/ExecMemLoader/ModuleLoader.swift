@@ -1,0 +1,125 @@
+// The module loader: what Linux's module loader does with execmem, for user space. It links objects
+// and archives into one module, lays it out by mapping type in allocator memory, runs constructors,
+// frees init memory, seals ro-after-init, and on unload runs destructors and frees everything (text
+// is trap-filled by the allocator).
+//
+// Where a module goes: in the allocator's range near the executable by default. Objects that reach
+// host data with a plain rel32 (PIE objects expecting a copy relocation, e.g. `stdout`) go to a range
+// placed within reach of the library that defines it; objects with absolute 32-bit relocations
+// (non-PIC code) go to a range in the low 2 GiB. Calls that cannot reach go through veneers.
+
+import CExecMemLoaderRuntime
+import ExecMem
+import ExecMemELF
+import Synchronization
+
+public struct SectionPlacement: Sendable, CustomStringConvertible {
+    public let object: String
+    public let section: String
+    public let type: String
+    public let address: UInt
+    public let size: Int
+
+    public var description: String { "\(type.padding(11)) 0x\(String(address, radix: 16)) \(String(size).leftPadded(8))  \(section) (\(object))" }
+}
+
+extension String {
+    func padding(_ n: Int) -> String { self + String(repeating: " ", count: max(0, n - count)) }
+    func leftPadded(_ n: Int) -> String { String(repeating: " ", count: max(0, n - count)) + self }
+}
+
+public final class ModuleLoader: @unchecked Sendable {
+    let defaultAllocator: ExecMemAllocator?
+    private let state = Mutex<State>(State())
+
+    struct State {
+        /// Exported symbols of loaded modules, by name: (module id, address).
+        var exports: [String: (Int, UInt)] = [:]
+        /// Allocators placed for particular needs ("low", or a library's path).
+        var allocators: [String: ExecMemAllocator] = [:]
+        var nextID = 1
+    }
+
+    /// - Parameter allocator: where modules go by default; the process's shared allocator when nil.
+    public init(allocator: ExecMemAllocator? = nil) {
+        defaultAllocator = allocator
+    }
+
+    /// Loads files (objects and archives) as one module.
+    public func load(files: [String], name: String? = nil) throws(LoaderError) -> LoadedModule {
+        var inputs: [LoaderInput] = []
+        for f in files { inputs.append(try LoaderInput.file(f)) }
+        return try load(inputs, name: name ?? files.first ?? "module")
+    }
+
+    /// Links, places, relocates and initializes a module.
+    public func load(_ inputs: [LoaderInput], name: String) throws(LoaderError) -> LoadedModule {
+        var link = try Link(inputs)
+        let exports = state.withLock { $0.exports.mapValues(\.1) }
+        try link.resolveExternals(exports: exports, object: name)
+        let (needsLow, hostData) = try link.plan()
+        let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)
+        return try LoadedModule(link: link, name: name, loader: self, allocator: allocator)
+    }
+
+    private func chooseAllocator(needsLow: String?, hostData: [(name: String, address: UInt)]) throws(LoaderError) -> ExecMemAllocator {
+        if let first = hostData.first {
+            if let reason = needsLow {
+                throw .placement("\(reason) needs the low 2 GiB, but '\(first.name)' is host data at 0x\(String(first.address, radix: 16)) reached with rel32")
+            }
+            guard let image = HostMaps.image(containing: first.address) else {
+                throw .placement("cannot find the mapping of host data '\(first.name)'")
+            }
+            let lo = min(image.start, hostData.map(\.address).min()!), hi = max(image.end, hostData.map(\.address).max()! + 1)
+            for d in hostData where !Rel32.reaches(lo, hi, d.address, d.address + 1) || hi - lo > UInt(1 << 30) {
+                throw .placement("host data '\(d.name)' at 0x\(String(d.address, radix: 16)) is too far from '\(first.name)' for one module to reach both with rel32")
+            }
+            return try allocator(key: image.path.isEmpty ? "data@\(image.start)" : image.path) { c in
+                c.placement = .near(start: lo, end: hi)
+            }
+        }
+        if needsLow != nil {
+            return try allocator(key: "low") { c in c.placement = .hint(0x1000_0000) }
+        }
+        if let a = defaultAllocator { return a }
+        do { return try ExecMemAllocator.shared() } catch { throw .allocator(error) }
+    }
+
+    /// An allocator of 512 MiB placed for a need, made once.
+    private func allocator(key: String, _ configure: (inout ExecMemConfiguration) -> Void) throws(LoaderError) -> ExecMemAllocator {
+        var c = ExecMemConfiguration()
+        c.rangeSize = 512 << 20
+        c.fallbackSize = 0
+        configure(&c)
+        let r: Result<ExecMemAllocator, LoaderError> = state.withLock { s in
+            if let a = s.allocators[key] { return .success(a) }
+            do throws(ExecMemError) {
+                let a = try ExecMemAllocator(c)
+                s.allocators[key] = a
+                return .success(a)
+            } catch {
+                return .failure(.placement("cannot place module memory for \(key): \(error)"))
+            }
+        }
+        return try r.get()
+    }
+
+    func register(_ exports: [String: UInt]) -> Int {
+        state.withLock { s in
+            let id = s.nextID
+            s.nextID += 1
+            for (n, a) in exports where s.exports[n] == nil { s.exports[n] = (id, a) }
+            return id
+        }
+    }
+
+    func unregister(_ id: Int) {
+        state.withLock { s in s.exports = s.exports.filter { $0.value.0 != id } }
+    }
+
+    /// The allocators modules went to (the default one first), for statistics.
+    public var allocators: [ExecMemAllocator] {
+        let placed = state.withLock { Array($0.allocators.values) }
+        return ((try? defaultAllocator ?? ExecMemAllocator.shared()).map { [$0] } ?? []) + placed
+    }
+}
