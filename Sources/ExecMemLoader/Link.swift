@@ -5,6 +5,7 @@
 import CExecMemLoaderRuntime
 import ExecMem
 import ExecMemELF
+import Foundation
 
 /// A symbol as relocations name it.
 enum Identity: Hashable {
@@ -187,7 +188,10 @@ enum HostMaps {
     struct Entry { let start: UInt; let end: UInt; let executable: Bool; let path: String }
 
     static var shared: [Entry] {
-        guard let text = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return [] }
+        // Read to the end: procfs files report a size of 0, so a sized read would stop early.
+        guard let handle = FileHandle(forReadingAtPath: "/proc/self/maps") else { return [] }
+        defer { try? handle.close() }
+        let text = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
         return text.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
             guard f.count >= 2 else { return nil }
