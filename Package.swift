@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "ExecMemTools",
             dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader"],
-            resources: [.copy("Resources/bpf")]
+            resources: [.copy("Resources/bpf"), .copy("Resources/module")]
         ),
         .executableTarget(
             name: "execmem",

@@ -115,6 +115,8 @@ public struct ELFFile: Sendable {
     public let symbols: [ELFSymbol]
     /// Index of the symbol table section, 0 when there is none.
     public let symbolTableIndex: Int
+    /// Section index -> the REL/RELA sections that apply to it.
+    private let relocationSections: [Int: [Int]]
 
     /// Parses an ELF64 little-endian file. `machine`, when given, must match.
     public init(bytes: [UInt8], name: String, machine expected: UInt16? = nil) throws(ELFError) {
@@ -202,6 +204,9 @@ public struct ELFFile: Sendable {
             }
         }
         self.symbols = symbols
+        var relocationSections: [Int: [Int]] = [:]
+        for s in sections where s.type == ELF.SHT_REL || s.type == ELF.SHT_RELA { relocationSections[Int(s.info), default: []].append(s.index) }
+        self.relocationSections = relocationSections
     }
 
     /// The bytes of a section (empty for NOBITS).
@@ -215,7 +220,7 @@ public struct ELFFile: Sendable {
     public func relocations(for section: ELFSection) throws(ELFError) -> [ELFRelocation] {
         var out: [ELFRelocation] = []
         let r = ByteReader(bytes: bytes, file: name)
-        for rel in sections where (rel.type == ELF.SHT_REL || rel.type == ELF.SHT_RELA) && Int(rel.info) == section.index {
+        for rel in (relocationSections[section.index] ?? []).map({ sections[$0] }) {
             let entry = rel.type == ELF.SHT_RELA ? 24 : 16
             guard rel.size % entry == 0 else { throw .malformed(file: name, what: "\(rel.name) size \(rel.size) is not a multiple of \(entry)") }
             for i in 0..<(rel.size / entry) {

@@ -33,6 +33,8 @@ struct Link {
     /// Host and other-module symbols, looked up once.
     var external: [String: UInt] = [:]
     var tlsBase = 0
+    /// The process's mappings when the load began (telling host functions from host data).
+    let hostMaps = HostMaps.shared
 
     static let veneerSize = 8  // jmp *slot(%rip) + 2 bytes of int3
 
@@ -179,7 +181,7 @@ struct Link {
 
     /// Whether `address` lies in an executable mapping of the process (a function, not data).
     func isExecutable(_ address: UInt) -> Bool {
-        HostMaps.shared.first { $0.start <= address && address < $0.end }?.executable ?? false
+        hostMaps.first { $0.start <= address && address < $0.end }?.executable ?? false
     }
 }
 

@@ -15,6 +15,8 @@ public final class LoadedModule: @unchecked Sendable {
     public let symbols: [String: UInt]
     /// Allocations by type that remain after init (text, rodata, roAfterInit, data).
     public private(set) var allocations: [String: Allocation]
+    /// rel32 calls and references that go through a veneer (their target was out of reach).
+    public let callsThroughVeneers: Int
     /// Init memory freed after initialization, as it was.
     public let freedInitAllocations: [Allocation]
     private let finiFunctions: [UInt]
@@ -54,6 +56,7 @@ public final class LoadedModule: @unchecked Sendable {
         // Section images, relocated.
         var images = Bucket.allCases.map { [UInt8](repeating: $0 == .text || $0 == .initText ? 0xCC : 0, count: link.layout.size[$0.rawValue]) }
         var placements: [SectionPlacement] = []
+        var throughVeneers = 0
         for (o, obj) in link.objects.enumerated() {
             for s in obj.elf.sections {
                 if let t = link.layout.tls[Layout.SectionKey(object: o, section: s.index)] {
@@ -69,7 +72,7 @@ public final class LoadedModule: @unchecked Sendable {
             }
         }
         do {
-            try link.relocate(&images, addresses)
+            throughVeneers = try link.relocate(&images, addresses)
             if !link.gotOrder.isEmpty {
                 let got = try link.gotContents(addresses)
                 for (i, v) in got.enumerated() { for k in 0..<8 { images[Bucket.rodata.rawValue][link.gotOffset + i * 8 + k] = UInt8(truncatingIfNeeded: v >> (8 * k)) } }
@@ -93,6 +96,7 @@ public final class LoadedModule: @unchecked Sendable {
         }
         allocator.makeVisible()
         sections = placements
+        callsThroughVeneers = throughVeneers
         // Exports: every global definition.
         var exported: [String: UInt] = [:]
         for (n, d) in link.globals where !link.isTLS(d.object, d.symbol) {

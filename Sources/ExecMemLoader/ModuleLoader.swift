@@ -35,6 +35,8 @@ public final class ModuleLoader: @unchecked Sendable {
     struct State {
         /// Exported symbols of loaded modules, by name: (module id, address).
         var exports: [String: (Int, UInt)] = [:]
+        /// Symbols the host provides by hand (functions of an executable that exports nothing).
+        var provided: [String: UInt] = [:]
         /// Allocators placed for particular needs ("low", or a library's path).
         var allocators: [String: ExecMemAllocator] = [:]
         var nextID = 1
@@ -55,7 +57,7 @@ public final class ModuleLoader: @unchecked Sendable {
     /// Links, places, relocates and initializes a module.
     public func load(_ inputs: [LoaderInput], name: String) throws(LoaderError) -> LoadedModule {
         var link = try Link(inputs)
-        let exports = state.withLock { $0.exports.mapValues(\.1) }
+        let exports = state.withLock { s in s.exports.mapValues(\.1).merging(s.provided) { module, _ in module } }
         try link.resolveExternals(exports: exports, object: name)
         let (needsLow, hostData) = try link.plan()
         let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)
@@ -102,6 +104,12 @@ public final class ModuleLoader: @unchecked Sendable {
             }
         }
         return try r.get()
+    }
+
+    /// Makes `address` the definition of `symbol` for modules, after other modules' exports and
+    /// before the dynamic linker's symbols (like a kernel's own symbol table).
+    public func provide(_ symbol: String, _ address: UInt) {
+        state.withLock { $0.provided[symbol] = address }
     }
 
     func register(_ exports: [String: UInt]) -> Int {

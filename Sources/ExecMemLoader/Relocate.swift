@@ -99,22 +99,25 @@ extension Link {
         return 0
     }
 
-    /// Applies every relocation of every loaded section to `images`.
-    func relocate(_ images: inout [[UInt8]], _ a: Addresses) throws(LoaderError) {
+    /// Applies every relocation of every loaded section to `images`; returns how many rel32 went
+    /// through a veneer because the target was out of reach.
+    func relocate(_ images: inout [[UInt8]], _ a: Addresses) throws(LoaderError) -> Int {
+        var throughVeneers = 0
         for (o, obj) in objects.enumerated() {
             for section in obj.elf.sections {
                 guard let (bucket, sectionOffset) = layout.place[Layout.SectionKey(object: o, section: section.index)] else { continue }
                 let relocations: [ELFRelocation]
                 do { relocations = try obj.elf.relocations(for: section) } catch { throw .elf(error) }
-                for r in relocations {
-                    try apply(r, o, section, bucket, sectionOffset, &images, a)
+                for r in relocations where try apply(r, o, section, bucket, sectionOffset, &images, a) {
+                    throughVeneers += 1
                 }
             }
         }
+        return throughVeneers
     }
 
     private func apply(_ r: ELFRelocation, _ o: Int, _ section: ELFSection, _ bucket: Bucket, _ sectionOffset: Int,
-                       _ images: inout [[UInt8]], _ a: Addresses) throws(LoaderError) {
+                       _ images: inout [[UInt8]], _ a: Addresses) throws(LoaderError) -> Bool {
         let obj = objects[o]
         let sym = obj.elf.symbols[r.symbolIndex]
         let name = sym.name.isEmpty ? (Int(sym.sectionIndex) < obj.elf.sections.count ? obj.elf.sections[Int(sym.sectionIndex)].name : "?") : sym.name
@@ -150,7 +153,7 @@ extension Link {
         let id = identity(o, r.symbolIndex)
         switch r.type {
         case 0:
-            return
+            return false
         case Relocation.R_64:
             try put64(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(8))
         case Relocation.PC32, Relocation.PLT32:
@@ -159,6 +162,7 @@ extension Link {
             let direct = i64(S) &+ A &- i64(P)
             if Int32(exactly: direct) == nil, case let .global(n) = id, let v = veneers[n] {
                 try put32(i64(a.veneerAddress + UInt(v * Link.veneerSize)) &+ A &- i64(P))  // through the veneer
+                return true
             } else {
                 try put32(direct)
             }
@@ -195,6 +199,7 @@ extension Link {
         default:
             throw .unsupportedRelocation(object: obj.name, section: section.name, offset: r.offset, type: r.type)
         }
+        return false
     }
 
     /// Veneers: `jmp *slot(%rip)` per external function, padded with int3.

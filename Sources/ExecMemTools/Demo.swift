@@ -35,6 +35,7 @@ public struct DemoReport: Codable, Sendable {
     /// Lines of /proc/self/maps that are writable and executable at once.
     public var writableExecutableMappings: Int
     public var bpf: BPFDemoReport
+    public var module: LoaderDemoReport
     public var invariantViolations: [String]
     public var types: [TypeStatistics]
     public var kinds: [KindStatistics]
@@ -44,7 +45,7 @@ public struct DemoReport: Codable, Sendable {
     /// Whether everything the demo checks held.
     public var ok: Bool {
         wrongResults == 0 && freedTextIsTrap && writableExecutableMappings == 0 && invariantViolations.isEmpty
-            && writesAfterSealRefused == sealedAllocations && functionsRun > 0 && bpf.ok
+            && writesAfterSealRefused == sealedAllocations && functionsRun > 0 && bpf.ok && module.ok
     }
 }
 
@@ -125,6 +126,7 @@ public enum Demo {
         }
 
         let bpf = try BPFDemoReport.run(programs: bpfPrograms, allocator: mem)
+        let module = try LoaderDemoReport.run(allocator: mem)
 
         let stats = mem.statistics()
         let rwx = (try? ProcMaps.writableExecutable().count) ?? -1
@@ -142,7 +144,7 @@ public enum Demo {
             functionsInstalled: installed.count, functionsRun: run, wrongResults: wrong, functionsFreed: freed,
             freedTextIsTrap: trapped, hostCallsDirect: direct, hostCallsIndirect: indirect, rodataTables: tables.count,
             sealedAllocations: sealed, writesAfterSealRefused: refused,
-            hugePageCoverage: stats[.text].hugePageCoverage, writableExecutableMappings: rwx, bpf: bpf,
+            hugePageCoverage: stats[.text].hugePageCoverage, writableExecutableMappings: rwx, bpf: bpf, module: module,
             invariantViolations: mem.checkInvariants(), types: stats.types, kinds: stats.kinds, notes: stats.notes,
             seconds: started.elapsedSeconds)
     }

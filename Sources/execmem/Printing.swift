@@ -41,6 +41,9 @@ func printDemo(_ r: DemoReport) {
     let b = r.bpf
     print("  eBPF: JIT-compiled \(b.programsCompiled) programs of real sizes (\(Int(b.microsecondsPerCompile.rounded())) us each): \(mib(b.codeBytes)) of x86-64 in \(b.blocksUsed) shared 2 MiB blocks, where one page per program would take \(b.pagesIfOnePerProgram) pages (\(mib(b.pagesIfOnePerProgram * 4096)))")
     print("        ran \(b.programsRun), \(b.wrongResults) wrong; unloaded \(b.programsUnloaded), their code reads back as int3: \(b.unloadedCodeIsTrap ? "yes" : "NO"); hash-map program agrees with the host: \(b.mapProgramAgrees ? "yes" : "NO")")
+    let m = r.module
+    print("  module: demo_module.o loaded by type; demo_entry(16) = \(m.result) (expected \(m.expected)); \(m.veneers == 0 ? "host calls are direct call rel32" : "\(m.veneers) host calls through veneers"); init memory freed: \(m.initAllocationsFreed) allocations; ro-after-init sealed: \(m.roAfterInitSealed ? "yes" : "NO"); unloaded cleanly: \(m.unloadedCleanly ? "yes" : "NO")")
+    for s in m.sections { print("        \(s.type.padding(11)) \(s.protection)  \(hex(s.address))  \(String(s.size).leftPadding(5))  \(s.name)") }
     print("")
     var rows = [["type", "blocks", "allocations", "used", "requested", "free", "largest free", "fragmentation", "2 MiB pages"]]
     for t in r.types {

@@ -78,3 +78,37 @@ import Testing
         #expect(mem.checkInvariants(deep: true) == [])
     }
 }
+
+let nearHostFunction: @convention(c) (Int) -> Int = { $0 &+ 1 }
+
+@Suite(.enabled(if: !compilers.isEmpty, "needs a C compiler")) struct ReachTests {
+    func callLoop(_ loader: ModuleLoader, dir: String) throws -> (LoadedModule, Int) {
+        try """
+        extern long host_inc(long);
+        long loop(long n) { long s = 0; for (long i = 0; i < n; i++) s = host_inc(s); return s; }
+        """.write(toFile: "\(dir)/loop.c", atomically: true, encoding: .utf8)
+        try run(compilers[0], ["-O2", "-c", "\(dir)/loop.c", "-o", "\(dir)/loop.o"])
+        loader.provide("host_inc", UInt(bitPattern: unsafeBitCast(nearHostFunction, to: UnsafeRawPointer.self)))
+        let m = try loader.load(files: ["\(dir)/loop.o"])
+        typealias Loop = @convention(c) (Int) -> Int
+        return (m, unsafeBitCast(UnsafeRawPointer(bitPattern: m.address(of: "loop")!)!, to: Loop.self)(1000))
+    }
+
+    @Test func hostFunctionsInReachAreCalledDirectlyAndOthersThroughVeneers() throws {
+        let dir = try scratch()
+        // Default placement: the range is near the executable, so a call to it is a call rel32.
+        let (near, a) = try callLoop(ModuleLoader(allocator: try testAllocator()), dir: dir)
+        #expect(a == 1000 && near.callsThroughVeneers == 0)
+        // A range anywhere is (almost always) out of reach: the call goes through a veneer and a GOT slot.
+        var c = ExecMemConfiguration()
+        c.rangeSize = 16 << 20
+        c.fallbackSize = 0
+        c.placement = .anywhere
+        let farAllocator = try ExecMemAllocator(c)
+        let (far, b) = try callLoop(ModuleLoader(allocator: farAllocator), dir: dir)
+        #expect(b == 1000)
+        if !farAllocator.primaryReachesExecutable { #expect(far.callsThroughVeneers > 0) }
+        near.unload()
+        far.unload()
+    }
+}

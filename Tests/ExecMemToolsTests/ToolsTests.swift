@@ -25,6 +25,10 @@ import Testing
         #expect(report.bpf.programsRun == 400 && report.bpf.wrongResults == 0)
         #expect(report.bpf.blocksUsed <= 2 && report.bpf.pagesIfOnePerProgram >= 400)
         #expect(report.bpf.unloadedCodeIsTrap && report.bpf.mapProgramAgrees)
+        #expect(report.module.ok && report.module.result == report.module.expected)
+        #expect(report.module.veneers == 0, "the module reaches the host with call rel32")
+        #expect(report.module.sections.contains { $0.type == "text" && $0.protection == "r-x" })
+        #expect(report.module.sections.contains { $0.type == "roAfterInit" && $0.protection == "r--" })
         if KernelFeatures.probe().collapseOnMemfd {
             #expect(report.hugePageCoverage >= 0.99)
         }
