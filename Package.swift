@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "ExecMemBPF", targets: ["ExecMemBPF"]),
         .library(name: "ExecMemSim", targets: ["ExecMemSim"]),
         .library(name: "ExecMemLoader", targets: ["ExecMemLoader"]),
+        .library(name: "ExecMemProbes", targets: ["ExecMemProbes"]),
         .executable(name: "execmem", targets: ["execmem"]),
     ],
     dependencies: [
@@ -38,6 +39,10 @@ let package = Package(
         .target(name: "CExecMemLoaderRuntime"),
         // Relocatable objects and archives laid out by type, linked, run.
         .target(name: "ExecMemLoader", dependencies: ["ExecMem", "ExecMemELF", "CExecMemLoaderRuntime"]),
+        // What probes need from C: the int3 handler of live patching, exit-hook shadow stacks.
+        .target(name: "CExecMemProbeRuntime"),
+        // Text poking, entry hooks, live patches, instruction probes.
+        .target(name: "ExecMemProbes", dependencies: ["ExecMem", "ExecMemLoader", "CExecMemProbeRuntime"]),
         // The simulator: the allocator core over a model of kernel page tables, on real workloads.
         .target(name: "ExecMemSim", dependencies: ["ExecMem"], resources: [.copy("Resources/data")]),
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
@@ -56,6 +61,10 @@ let package = Package(
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(
             name: "ExecMemLoaderTests", dependencies: ["ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "execmem"],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "ExecMemProbesTests", dependencies: ["ExecMemProbes", "ExecMemLoader", "ExecMem", "ExecMemSystem", "execmem"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),
