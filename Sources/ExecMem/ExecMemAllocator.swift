@@ -268,6 +268,34 @@ public final class ExecMemAllocator: Sendable {
         }
     }
 
+    /// The live allocation whose bytes include `address`, if any.
+    public func allocation(containing address: UInt) -> Allocation? {
+        guard let type = typeOfSlot(address) else { return nil }
+        return arenas[type.rawValue].withLock { s -> Allocation? in
+            guard let id = s.blockID(covering: address) else { return nil }
+            let chunk = Int(address - s.blocks[id].base) >> ExecMemGeometry.chunkShift
+            if s.blocks[id].isLarge {
+                guard s.blocks[id].liveRecords == 1 else { return nil }
+                let rec = s.blocks[id].records[0]
+                return Allocation(address: s.blocks[id].base, size: rec.size, capacity: Int(rec.chunks) << ExecMemGeometry.chunkShift,
+                                  kind: rec.kind, type: type, id: rec.id, slot: 0)
+            }
+            // Walk back over set chunks to the allocation's first one.
+            guard s.blocks[id].bitmap[chunk] else { return nil }
+            var c = chunk
+            while true {
+                if let slot = s.blocks[id].recordSlot(at: c) {
+                    let rec = s.blocks[id].records[slot]
+                    guard chunk < c + Int(rec.chunks) else { return nil }
+                    return Allocation(address: s.blocks[id].base + UInt(c << ExecMemGeometry.chunkShift), size: rec.size,
+                                      capacity: Int(rec.chunks) << ExecMemGeometry.chunkShift, kind: rec.kind, type: type, id: rec.id, slot: UInt32(slot))
+                }
+                guard c > 0 else { return nil }
+                c -= 1
+            }
+        }
+    }
+
     /// The type whose block holds `address`, from the pool's slot table.
     func typeOfSlot(_ address: UInt) -> ExecMemType? {
         pool.withLock { p -> ExecMemType? in

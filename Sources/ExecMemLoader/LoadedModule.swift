@@ -13,6 +13,10 @@ public final class LoadedModule: @unchecked Sendable {
     public let sections: [SectionPlacement]
     /// The module's global definitions.
     public let symbols: [String: UInt]
+    /// Every function the module defines (local ones too): name, address, size.
+    public let functions: [(name: String, address: UInt, size: Int)]
+    /// Entries compiled with -fpatchable-function-entry (from `__patchable_function_entries`).
+    public let patchableEntries: [UInt]
     /// Allocations by type that remain after init (text, rodata, roAfterInit, data).
     public private(set) var allocations: [String: Allocation]
     /// rel32 calls and references that go through a veneer (their target was out of reach).
@@ -104,6 +108,17 @@ public final class LoadedModule: @unchecked Sendable {
         }
         symbols = exported
         exportID = loader.register(exported)
+        var functionList: [(String, UInt, Int)] = []
+        for (o, obj) in link.objects.enumerated() {
+            for s in obj.elf.symbols where s.type == ELF.STT_FUNC && !s.isUndefined && s.sectionIndex < ELF.SHN_LORESERVE {
+                guard let base = link.sectionAddress(o, Int(s.sectionIndex), addresses) else { continue }
+                functionList.append((s.name, base + UInt(s.value), Int(s.size)))
+            }
+        }
+        functions = functionList.sorted { $0.1 < $1.1 }
+        patchableEntries = placements.filter { $0.section == "__patchable_function_entries" }.flatMap { p in
+            (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
+        }.sorted()
         // Constructors: .preinit_array, then .init_array (by priority), as the dynamic linker does.
         var initFunctions: [UInt] = [], fini: [UInt] = []
         let arrays = placements.filter { $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array") }
