@@ -41,8 +41,10 @@ let package = Package(
         .target(name: "ExecMemLoader", dependencies: ["ExecMem", "ExecMemELF", "CExecMemLoaderRuntime"]),
         // What probes need from C: the int3 handler of live patching, exit-hook shadow stacks.
         .target(name: "CExecMemProbeRuntime"),
+        // Host functions with patchable entries, for tests, demo and benchmarks to hook.
+        .target(name: "CExecMemProbeSamples"),
         // Text poking, entry hooks, live patches, instruction probes.
-        .target(name: "ExecMemProbes", dependencies: ["ExecMem", "ExecMemLoader", "CExecMemProbeRuntime"]),
+        .target(name: "ExecMemProbes", dependencies: ["ExecMem", "ExecMemSystem", "ExecMemLoader", "CExecMemProbeRuntime"]),
         // The simulator: the allocator core over a model of kernel page tables, on real workloads.
         .target(name: "ExecMemSim", dependencies: ["ExecMem"], resources: [.copy("Resources/data")]),
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
@@ -55,16 +57,18 @@ let package = Package(
             name: "execmem",
             dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // Helpers several test targets share (compilers, processes, scratch directories).
+        .target(name: "ExecMemTestSupport", dependencies: ["ExecMem"], path: "Tests/ExecMemTestSupport"),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(
-            name: "ExecMemLoaderTests", dependencies: ["ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "execmem"],
+            name: "ExecMemLoaderTests", dependencies: ["ExecMemTestSupport", "ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "execmem"],
             exclude: ["Fixtures"]
         ),
         .testTarget(
-            name: "ExecMemProbesTests", dependencies: ["ExecMemProbes", "ExecMemLoader", "ExecMem", "ExecMemSystem", "execmem"],
+            name: "ExecMemProbesTests", dependencies: ["ExecMemTestSupport", "ExecMemProbes", "ExecMemLoader", "ExecMem", "ExecMemSystem", "CExecMemProbeSamples", "execmem"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),

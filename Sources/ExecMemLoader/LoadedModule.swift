@@ -119,6 +119,16 @@ public final class LoadedModule: @unchecked Sendable {
         patchableEntries = placements.filter { $0.section == "__patchable_function_entries" }.flatMap { p in
             (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
         }.sorted()
+        // gcc pads patchable entries with five one-byte NOPs; a thread stopped between two of them
+        // could not be patched safely later. Make each one 5-byte NOP before any code runs, as Linux's
+        // ftrace_module_init does for a module's call sites.
+        for e in patchableEntries {
+            guard let a = allocator.allocation(containing: e), a.type == .text, e + 5 <= a.address + UInt(a.size) else { continue }
+            if Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: e), count: 5)) == [0x90, 0x90, 0x90, 0x90, 0x90] {
+                try? allocator.write([0x0F, 0x1F, 0x44, 0x00, 0x00], to: a, at: Int(e - a.address))
+            }
+        }
+        if !patchableEntries.isEmpty { allocator.makeVisible() }
         // Constructors: .preinit_array, then .init_array (by priority), as the dynamic linker does.
         var initFunctions: [UInt] = [], fini: [UInt] = []
         let arrays = placements.filter { $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array") }

@@ -19,6 +19,7 @@ public enum ProbeError: Error, CustomStringConvertible, Sendable, Equatable {
     case alreadyEnabled(address: UInt)
     case notEnabled(address: UInt)
     case unknownHook(id: Int)
+    case siteInUse(address: UInt, by: String)
     case refused(address: UInt, instruction: UInt, reason: String)
     case outOfReach(address: UInt, target: UInt)
     case poke(address: UInt, reason: String)
@@ -31,7 +32,8 @@ public enum ProbeError: Error, CustomStringConvertible, Sendable, Equatable {
         case let .notAnInstruction(a, r): return "\(h(a)): not an instruction boundary: \(r)"
         case let .alreadyEnabled(a): return "\(h(a)): already enabled"
         case let .notEnabled(a): return "\(h(a)): not enabled"
-        case let .unknownHook(id): return "unknown hook \(id)"
+        case let .unknownHook(id): return "unknown hook or patch \(id)"
+        case let .siteInUse(a, by): return "\(h(a)): its entry is already taken by \(by)"
         case let .refused(a, i, r): return "probe at \(h(a)) refused: the instruction at \(h(i)) \(r)"
         case let .outOfReach(a, t): return "\(h(a)): \(h(t)) is out of rel32 reach and no memory near it is available"
         case let .poke(a, r): return "cannot patch \(h(a)): \(r)"
@@ -44,13 +46,15 @@ public enum ProbeError: Error, CustomStringConvertible, Sendable, Equatable {
 public final class TextPoker: @unchecked Sendable {
     /// Allocators whose memory may be patched (written through their write views).
     private let allocators: Mutex<[ExecMemAllocator]>
-    /// Patches are applied one at a time.
-    private let patching = Mutex<Void>(())
+    /// Patches are applied one batch at a time (Linux's text_mutex); holds /proc/self/mem once opened.
+    private let patching = Mutex<Int32>(-1)
 
-    public init(allocators: [ExecMemAllocator]) {
+    public init(allocators: [ExecMemAllocator] = []) {
         self.allocators = Mutex(allocators)
         _ = cem_probe_install_trap_handler()
     }
+
+    deinit { patching.withLock { fd in if fd >= 0 { close(fd) } } }
 
     public func add(_ allocator: ExecMemAllocator) {
         allocators.withLock { list in if !list.contains(where: { $0 === allocator }) { list.append(allocator) } }
@@ -64,17 +68,23 @@ public final class TextPoker: @unchecked Sendable {
         return nil
     }
 
-    /// Copies `bytes` to `address` with no ordering guarantee for other threads.
+    /// Copies `bytes` to `address` with no ordering guarantee for other threads: through the write
+    /// view for ExecMem memory, through /proc/self/mem for anything else.
     public func write(_ bytes: [UInt8], at address: UInt) throws(ProbeError) {
         if let (allocator, allocation) = owner(of: address) {
             do { try allocator.write(bytes, to: allocation, at: Int(address - allocation.address)) } catch { throw .allocator(error) }
             return
         }
-        let fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw .poke(address: address, reason: "cannot open /proc/self/mem (errno \(errno))") }
-        defer { close(fd) }
-        let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(Int64(bitPattern: UInt64(address)))) }
-        guard n == bytes.count else { throw .poke(address: address, reason: "/proc/self/mem wrote \(n) of \(bytes.count) bytes (errno \(errno))") }
+        let r: Result<Void, ProbeError> = patching.withLock { fd in
+            if fd < 0 { fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC) }
+            guard fd >= 0 else { return .failure(.poke(address: address, reason: "cannot open /proc/self/mem: \(String(cString: strerror(errno)))")) }
+            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(Int64(bitPattern: UInt64(address)))) }
+            guard n == bytes.count else {
+                return .failure(.poke(address: address, reason: "/proc/self/mem wrote \(n) of \(bytes.count) bytes: \(String(cString: strerror(errno)))"))
+            }
+            return .success(())
+        }
+        try r.get()
     }
 
     /// Reads `count` bytes of code.
@@ -82,45 +92,85 @@ public final class TextPoker: @unchecked Sendable {
         Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: address), count: count))
     }
 
+    /// What a thread that reaches a site while it is being patched does instead.
     public enum Emulation: Sendable, Equatable {
         case skip(length: Int)
         case call(to: UInt)
         case jump(to: UInt)
     }
 
-    /// Replaces the instruction(s) at `address` with `bytes`, safely while other threads run there.
-    /// A thread that hits the site during the patch is sent where `emulate` says.
-    public func patch(_ address: UInt, with bytes: [UInt8], emulate: Emulation) throws(ProbeError) {
-        precondition(!bytes.isEmpty)
-        let r: Result<Void, ProbeError> = patching.withLock { _ in
-            let (kind, target, length): (Int32, UInt, Int32) = switch emulate {
-            case let .skip(n): (Int32(CEM_EMULATE_SKIP.rawValue), 0, Int32(n))
-            case let .call(t): (Int32(CEM_EMULATE_CALL.rawValue), t, 5)
-            case let .jump(t): (Int32(CEM_EMULATE_JUMP.rawValue), t, 5)
-            }
-            guard cem_poke_begin(UInt64(address), kind, UInt64(target), length) == 0 else {
-                return .failure(.poke(address: address, reason: "too many patches in progress"))
-            }
-            defer { cem_poke_end(UInt64(address)) }
-            do throws(ProbeError) {
-                try write([0xCC], at: address)
-                Membarrier.synchronize()
-                if bytes.count > 1 {
-                    try write(Array(bytes.dropFirst()), at: address + 1)
-                    Membarrier.synchronize()
-                }
-                try write([bytes[0]], at: address)
-                Membarrier.synchronize()
-                return .success(())
-            } catch {
-                return .failure(error)
-            }
-        }
-        try r.get()
+    /// One site to patch: the new bytes (one instruction, then optional padding) and the emulation.
+    public struct Poke: Sendable {
+        public var address: UInt
+        public var bytes: [UInt8]
+        public var emulate: Emulation
+        public init(_ address: UInt, _ bytes: [UInt8], emulate: Emulation) { self.address = address; self.bytes = bytes; self.emulate = emulate }
     }
 
-    /// Traps the int3 handler has emulated so far (threads that met a patch in progress).
+    /// Replaces the instruction(s) at `address` with `bytes`, safely while other threads run there.
+    public func patch(_ address: UInt, with bytes: [UInt8], emulate: Emulation) throws(ProbeError) {
+        try patch([Poke(address, bytes, emulate: emulate)])
+    }
+
+    /// Patches every site in one batch: int3 on each, serialize; the tails, serialize; the first
+    /// bytes, serialize. `sweep` moves threads that stand between displaced instructions (see
+    /// cem_sweep_threads) once no new thread can enter the sites and before their tails change.
+    public func patch(_ pokes: [Poke], sweep: [(from: UInt, to: UInt)] = []) throws(ProbeError) {
+        let sorted = pokes.sorted { $0.address < $1.address }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.address + UInt(a.bytes.count) > b.address {
+            throw .poke(address: b.address, reason: "overlaps the patch at 0x\(String(a.address, radix: 16))")
+        }
+        if sorted.isEmpty { return }
+        let table: [cem_poke] = sorted.map { p in
+            switch p.emulate {
+            case let .skip(n): cem_poke(address: UInt64(p.address), target: 0, kind: Int32(CEM_EMULATE_SKIP.rawValue), length: Int32(n))
+            case let .call(t): cem_poke(address: UInt64(p.address), target: UInt64(t), kind: Int32(CEM_EMULATE_CALL.rawValue), length: 5)
+            case let .jump(t): cem_poke(address: UInt64(p.address), target: UInt64(t), kind: Int32(CEM_EMULATE_JUMP.rawValue), length: 5)
+            }
+        }
+        let originals = sorted.map { read($0.bytes.count, at: $0.address) }
+        try serialized.withLock { _ throws(ProbeError) in
+            try table.withUnsafeBufferPointer { (t) throws(ProbeError) in
+                cem_poke_publish(t.baseAddress, t.count)
+                defer { cem_poke_publish(nil, 0) }
+                var trapped = 0
+                do throws(ProbeError) {
+                    for p in sorted { try write([0xCC], at: p.address); trapped += 1 }
+                    Membarrier.synchronize()
+                    if !sweep.isEmpty { try sweepThreads(sweep, at: sorted[0].address) }
+                    for p in sorted where p.bytes.count > 1 { try write(Array(p.bytes.dropFirst()), at: p.address + 1) }
+                    Membarrier.synchronize()
+                    for p in sorted { try write([p.bytes[0]], at: p.address) }
+                    Membarrier.synchronize()
+                } catch {
+                    // Put back what was there, int3 still first, so every site is whole again.
+                    for (p, o) in zip(sorted, originals).prefix(trapped) where o.count > 1 { try? write(Array(o.dropFirst()), at: p.address + 1) }
+                    Membarrier.synchronize()
+                    for (p, o) in zip(sorted, originals).prefix(trapped) { try? write([o[0]], at: p.address) }
+                    Membarrier.synchronize()
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// One batch at a time, separately from the /proc/self/mem descriptor's lock.
+    private let serialized = Mutex<Void>(())
+
+    private func sweepThreads(_ moves: [(from: UInt, to: UInt)], at address: UInt) throws(ProbeError) {
+        let table = moves.map { cem_move(from: UInt64($0.from), to: UInt64($0.to)) }
+        var moved: UInt64 = 0
+        let n = table.withUnsafeBufferPointer { cem_sweep_threads($0.baseAddress, $0.count, 2000, &moved) }
+        guard n >= 0 else { throw .poke(address: address, reason: "stopping the other threads failed: \(String(cString: strerror(errno)))") }
+        TextPoker.sweptThreads.add(moved, ordering: .relaxed)
+    }
+
+    /// Traps the int3 handler has emulated so far (threads that met a patch in progress), and those
+    /// that arrived after their patch was done.
     public static var emulatedTraps: UInt64 { cem_poke_traps() }
+    public static var lateTraps: UInt64 { cem_poke_late_traps() }
+    /// Threads the sweep has moved into out-of-line copies.
+    public static let sweptThreads = Atomic<UInt64>(0)
 }
 
 extension Array where Element == UInt8 {

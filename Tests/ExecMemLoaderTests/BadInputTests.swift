@@ -2,6 +2,7 @@
 // bad section or symbol indices, unsupported relocation, undefined symbol, duplicate definition,
 // overflowing relocation, corrupt archive.
 
+import ExecMemTestSupport
 import ExecMem
 import ExecMemELF
 @testable import ExecMemLoader

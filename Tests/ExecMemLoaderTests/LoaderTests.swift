@@ -2,6 +2,7 @@
 // ro-after-init sealed, exports between modules, repeated loads and unloads in any order, and init
 // holes reused by small text allocations.
 
+import ExecMemTestSupport
 import ExecMem
 @testable import ExecMemLoader
 import ExecMemSystem

@@ -3,6 +3,7 @@
 // and non-PIC, with and without -ffunction-sections/-fdata-sections; and the distribution's static
 // zlib with a driver.
 
+import ExecMemTestSupport
 import Foundation
 import Testing
 

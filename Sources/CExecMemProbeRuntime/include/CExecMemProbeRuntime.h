@@ -1,40 +1,72 @@
-// CExecMemProbeRuntime: the parts of probing that must run in signal context or on every hooked
-// call, in C.
+// CExecMemProbeRuntime: the parts of probing that run in signal context or on every hooked call.
 //
-// Patching code that other threads may be running uses the sequence of Linux's text_poke_bp: an int3
-// first, then the tail of the new instruction, then its first byte, with every core serialized after
-// each step. A thread that reaches the int3 meanwhile traps; the SIGTRAP handler here finds the site
-// in a table of pokes in progress and emulates the instruction (a call, a jump, or a skip over a
-// nop), so it never runs a half-written instruction.
+// Patching code that other threads may be running follows Linux's text_poke_bp: an int3 first, then
+// the tail of the new instruction, then its first byte, with every core serialized after each step.
+// A thread that reaches an int3 meanwhile traps; the SIGTRAP handler finds the site in the batch of
+// pokes in progress and emulates the instruction (a call, a jump, or a skip over a nop), so no thread
+// ever runs a half-written instruction. A trap that arrives after its poke finished (the thread was
+// in the kernel while the patch completed) finds the int3 gone and simply runs the new instruction.
+//
+// Instruction probes displace several instructions. Before their bytes change, every other thread
+// is stopped briefly by a signal whose handler moves a thread that sits between displaced
+// instructions to the same instruction in the out-of-line copy (the sweep).
 //
 // Exit hooks keep the caller's real return address on a per-thread shadow stack.
 #ifndef CEXECMEM_PROBE_RUNTIME_H
 #define CEXECMEM_PROBE_RUNTIME_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum cem_emulation { CEM_EMULATE_SKIP = 0, CEM_EMULATE_CALL = 1, CEM_EMULATE_JUMP = 2 };
 
-/// Installs the SIGTRAP handler (once; it chains to the previous one for traps that are not ours).
+/// One site being patched: a trap at `address` emulates `kind` (to `target`, or a skip of `length`).
+struct cem_poke {
+    uint64_t address;
+    uint64_t target;
+    int32_t kind;
+    int32_t length;
+};
+
+/// Installs the SIGTRAP handler (once; traps that are not ours go to the previous handler).
 int cem_probe_install_trap_handler(void);
 
-/// Registers a poke in progress at `address`: a trap there emulates `kind` (to `target`, or a skip
-/// of `length` bytes). Returns 0, or -1 when too many pokes are in progress.
-int cem_poke_begin(uint64_t address, int kind, uint64_t target, int length);
+/// Publishes the batch of pokes in progress (sorted by address, alive until unpublished), or
+/// unpublishes it with (NULL, 0), which returns once no trap handler still reads the old batch.
+void cem_poke_publish(const struct cem_poke *sorted, size_t count);
 
-/// The poke at `address` is done.
-void cem_poke_end(uint64_t address);
-
-/// Traps emulated so far (for tests and statistics).
+/// Traps emulated so far, and traps that found their poke already done.
 uint64_t cem_poke_traps(void);
+uint64_t cem_poke_late_traps(void);
+
+/// One move of the sweep: a thread stopped at `from` continues at `to`.
+struct cem_move {
+    uint64_t from;
+    uint64_t to;
+};
+
+/// Stops every other thread of the process once with a signal and applies `moves` to the ones that
+/// stand at a `from` address. Returns the number of threads signalled, or -1 with errno set (a thread
+/// that does not answer within `timeout_ms` gives ETIMEDOUT). Moved threads are counted in *moved.
+int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, uint64_t *moved);
 
 /// Exit hooks: push the caller's return address (with the hook) on entry (0 when the shadow stack is
 /// full: the exit then goes unreported); pop it on return, which also calls
-/// `exit_handler(hook, function, return value)` when it is set, and returns the real return address.
+/// `cem_exit_handler(hook, function, return value)` when it is set, and returns the real return address.
 int cem_shadow_push(uint64_t return_address, uint64_t hook, uint64_t function);
 uint64_t cem_shadow_pop(uint64_t return_value);
 
-/// The exit handler every exit hook reports to.
-extern void (*cem_exit_handler)(uint64_t hook, uint64_t function, uint64_t return_value);
+/// Sets the exit handler every exit hook reports to.
+void cem_set_exit_handler(void (*handler)(uint64_t hook, uint64_t function, uint64_t return_value));
+
+/// Addresses the trampolines call (so Swift can embed them).
+uint64_t cem_shadow_push_address(void);
+uint64_t cem_shadow_pop_address(void);
+
+/// Bytes an XSAVE of every enabled state component needs (0: no XSAVE; probes then use FXSAVE).
+uint32_t cem_xsave_size(void);
+
+/// Current shadow-stack depth of the calling thread (for tests).
+int cem_shadow_depth(void);
 
 #endif

@@ -1,0 +1,128 @@
+// The machine code of hooks: one shared body per hook set, one 64-byte stub per hooked function,
+// and the exit trampoline every hooked return goes through.
+//
+// A hooked entry is `call stub`, so at the stub the stack holds the return into the function and
+// above it the caller's return address. The stub points r11 (scratch at a function's entry in the
+// SysV ABI) at its descriptor and jumps to the body, which saves the argument registers (rdi, rsi,
+// rdx, rcx, r8, r9, rax for varargs) and xmm0-7, calls the handler with (context, function,
+// arguments), optionally swaps the caller's return address for the exit trampoline, restores
+// everything and returns into the function.
+//
+//   stub (one chunk):  lea r11, [rip+desc] ; jmp body ; ... ; desc: handler, context, function, exit
+//   body frame:        [rbp+16] caller's return, [rbp+8] return into the function, [rbp] saved rbp,
+//                      then rax, r9, r8, rcx, rdx, rsi, rdi (the arguments array), r11, xmm0-7.
+
+import CExecMemProbeRuntime
+import ExecMem
+
+/// Little x86-64 emitter: bytes and the few encodings the trampolines use.
+struct X86Code {
+    var bytes: [UInt8] = []
+
+    mutating func emit(_ b: UInt8...) { bytes += b }
+    mutating func imm32(_ v: Int32) { bytes.append32(v) }
+    mutating func imm64(_ v: UInt64) { bytes.append64(v) }
+
+    /// movabs r64, imm64 for rax(0)..rdi(7).
+    mutating func movabs(_ reg: UInt8, _ v: UInt64) { emit(0x48, 0xB8 + reg); imm64(v) }
+    /// movdqu [rsp+disp8], xmmN (store) or movdqu xmmN, [rsp+disp8] (load), N < 8.
+    mutating func movdqu(store: Bool, xmm n: UInt8, rspPlus disp: UInt8) { emit(0xF3, 0x0F, store ? 0x7F : 0x6F, 0x44 | n << 3, 0x24, disp) }
+    /// mov [rsp+disp32], r64 (store) or mov r64, [rsp+disp32] (load); r64 numbered 0..15.
+    mutating func movRSP(store: Bool, _ reg: UInt8, _ disp: Int32) {
+        emit(0x48 | (reg >= 8 ? 0x04 : 0), store ? 0x89 : 0x8B, 0x84 | (reg & 7) << 3, 0x24)
+        imm32(disp)
+    }
+    /// jmp to an absolute address: rel32 when `from` reaches it, else jmp [rip+0] with the address.
+    mutating func jump(from address: UInt, to target: UInt) {
+        if let d = Rel32.displacement(from: address + UInt(bytes.count) + 5, to: target) {
+            emit(0xE9); imm32(d)
+        } else {
+            emit(0xFF, 0x25); imm32(0); imm64(UInt64(target))
+        }
+    }
+    /// int3 up to a multiple of `n` bytes.
+    mutating func pad(to n: Int) { while bytes.count % n != 0 { emit(0xCC) } }
+}
+
+enum Trampolines {
+    /// Frame offsets of the body (see the header).
+    static let xmmArea: Int32 = 136  // 8 xmm (128) + 8 to keep rsp 16-aligned at the call
+    static let argumentsOffset: Int32 = xmmArea + 8  // past the saved r11
+    /// Descriptor offset in a stub chunk and its fields.
+    static let descriptorOffset = 32
+    static let stubSize = 64
+
+    /// The shared body; `exitTrampoline` is where hooked returns go when an exit hook is set.
+    static func body(exitTrampoline: UInt) -> [UInt8] {
+        var c = X86Code()
+        c.emit(0x55)  // push rbp
+        c.emit(0x48, 0x89, 0xE5)  // mov rbp, rsp
+        c.emit(0x50, 0x41, 0x51, 0x41, 0x50, 0x51, 0x52, 0x56, 0x57)  // push rax, r9, r8, rcx, rdx, rsi, rdi
+        c.emit(0x41, 0x53)  // push r11
+        c.emit(0x48, 0x81, 0xEC); c.imm32(xmmArea)  // sub rsp, 136
+        for n: UInt8 in 0..<8 { c.movdqu(store: true, xmm: n, rspPlus: n * 16) }
+        c.emit(0x49, 0x8B, 0x7B, 0x08)  // mov rdi, [r11+8]   context
+        c.emit(0x49, 0x8B, 0x73, 0x10)  // mov rsi, [r11+16]  function
+        c.emit(0x48, 0x8D, 0x94, 0x24); c.imm32(argumentsOffset)  // lea rdx, [rsp+144]  arguments
+        c.emit(0x41, 0xFF, 0x13)  // call [r11]
+        c.emit(0x4C, 0x8B, 0x9C, 0x24); c.imm32(xmmArea)  // mov r11, [rsp+136]
+        c.emit(0x49, 0x8B, 0x73, 0x18)  // mov rsi, [r11+24]  exit context
+        c.emit(0x48, 0x85, 0xF6)  // test rsi, rsi
+        var skip = c.bytes.count
+        c.emit(0x74, 0)  // jz done
+        c.emit(0x48, 0x8B, 0x7D, 0x10)  // mov rdi, [rbp+16]  caller's return address
+        c.emit(0x49, 0x8B, 0x53, 0x10)  // mov rdx, [r11+16]  function
+        c.movabs(0, cem_shadow_push_address())
+        c.emit(0xFF, 0xD0)  // call rax
+        c.emit(0x85, 0xC0)  // test eax, eax
+        let skip2 = c.bytes.count
+        c.emit(0x74, 0)  // jz done
+        c.movabs(0, UInt64(exitTrampoline))
+        c.emit(0x48, 0x89, 0x45, 0x10)  // mov [rbp+16], rax
+        for s in [skip, skip2] { c.bytes[s + 1] = UInt8(c.bytes.count - s - 2) }
+        skip = 0
+        for n: UInt8 in 0..<8 { c.movdqu(store: false, xmm: n, rspPlus: n * 16) }
+        c.emit(0x48, 0x81, 0xC4); c.imm32(xmmArea + 8)  // add rsp, 144 (drops the saved r11)
+        c.emit(0x5F, 0x5E, 0x5A, 0x59, 0x41, 0x58, 0x41, 0x59, 0x58)  // pop rdi, rsi, rdx, rcx, r8, r9, rax
+        c.emit(0x5D, 0xC3)  // pop rbp; ret
+        c.pad(to: 64)
+        return c.bytes
+    }
+
+    /// Where every hooked function with an exit hook returns: report rax, go to the real caller.
+    static func exitTrampoline() -> [UInt8] {
+        var c = X86Code()
+        c.emit(0x50, 0x52)  // push rax, rdx
+        c.emit(0x48, 0x83, 0xEC, 0x20)  // sub rsp, 32
+        c.movdqu(store: true, xmm: 0, rspPlus: 0)
+        c.movdqu(store: true, xmm: 1, rspPlus: 16)
+        c.emit(0x48, 0x89, 0xC7)  // mov rdi, rax
+        c.movabs(0, cem_shadow_pop_address())
+        c.emit(0xFF, 0xD0)  // call rax
+        c.emit(0x49, 0x89, 0xC3)  // mov r11, rax
+        c.movdqu(store: false, xmm: 0, rspPlus: 0)
+        c.movdqu(store: false, xmm: 1, rspPlus: 16)
+        c.emit(0x48, 0x83, 0xC4, 0x20)  // add rsp, 32
+        c.emit(0x5A, 0x58)  // pop rdx, rax
+        c.emit(0x41, 0xFF, 0xE3)  // jmp r11
+        c.pad(to: 64)
+        return c.bytes
+    }
+
+    /// A hook's stub at `address`: r11 = its descriptor, jump to the body; the descriptor follows.
+    static func stub(at address: UInt, body: UInt, handler: UInt, context: UInt, function: UInt, exitContext: UInt) -> [UInt8] {
+        var c = X86Code()
+        c.emit(0x4C, 0x8D, 0x1D); c.imm32(Int32(descriptorOffset - 7))  // lea r11, [rip+desc]
+        c.jump(from: address, to: body)
+        while c.bytes.count < descriptorOffset { c.emit(0xCC) }
+        for v in [handler, context, function, exitContext] { c.imm64(UInt64(v)) }
+        return c.bytes
+    }
+
+    /// A jump through memory to anywhere, for redirects whose target is out of rel32 reach.
+    static func farJump(to target: UInt) -> [UInt8] {
+        var c = X86Code()
+        c.emit(0xFF, 0x25); c.imm32(0); c.imm64(UInt64(target))
+        return c.bytes
+    }
+}

@@ -1,0 +1,64 @@
+// What several test targets need: compilers, child processes, scratch directories, the execmem
+// binary built beside the tests, and a small allocator.
+
+import ExecMem
+import Foundation
+
+/// The compilers on this machine: the toolchain's clang always, gcc where present.
+public let compilers: [String] = ["/opt/swift/usr/bin/clang", "/usr/bin/gcc"].filter { FileManager.default.isExecutableFile(atPath: $0) }
+
+/// The execmem binary built beside the tests.
+public let execmemBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("execmem").path
+
+public struct ProcessResult: Sendable { public let status: Int32; public let output: String; public let errors: String }
+
+/// Runs `tool`; with `check`, a failure that printed nothing on standard output throws.
+@discardableResult
+public func run(_ tool: String, _ arguments: [String], check: Bool = true) throws -> ProcessResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: tool)
+    p.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // Drain both pipes at once: a child that fills one while we wait on the other would hang.
+    nonisolated(unsafe) var e = Data()
+    let drained = DispatchSemaphore(value: 0)
+    DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); drained.signal() }
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    drained.wait()
+    p.waitUntilExit()
+    let r = ProcessResult(status: p.terminationStatus, output: String(decoding: o, as: UTF8.self), errors: String(decoding: e, as: UTF8.self))
+    if check && r.status != 0 && r.output.isEmpty { throw Failure("\(tool) \(arguments.joined(separator: " ")) failed: \(r.errors)") }
+    return r
+}
+
+public struct Failure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A fresh directory under the temporary directory.
+public func scratch(_ prefix: String = "execmem-test") throws -> String {
+    let dir = NSTemporaryDirectory() + "\(prefix)-\(UInt32.random(in: 0...UInt32.max))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+/// Compiles `source` (a .c path) into `dir` with `flags`; returns the object's path.
+public func compile(_ compiler: String, _ source: String, in dir: String, flags: [String]) throws -> String {
+    let name = ((source as NSString).lastPathComponent as NSString).deletingPathExtension
+    let tag = flags.joined().replacingOccurrences(of: "-", with: "_").replacingOccurrences(of: "=", with: "").replacingOccurrences(of: ",", with: "_")
+    let out = "\(dir)/\(name)\(tag)-\((compiler as NSString).lastPathComponent).o"
+    try run(compiler, flags + ["-c", source, "-o", out])
+    return out
+}
+
+/// A small allocator for in-process loads.
+public func testAllocator(rangeSize: Int = 128 << 20) throws -> ExecMemAllocator {
+    var c = ExecMemConfiguration()
+    c.rangeSize = rangeSize
+    c.fallbackSize = 0
+    return try ExecMemAllocator(c)
+}
