@@ -1,5 +1,8 @@
 // Function-entry hooks (Linux's ftrace) and live patches (livepatch) on patchable entries.
 //
+// One hook may be registered per entry; an entry is held by at most one enabled hook or live patch
+// at a time (enabling or redirecting a held entry is a typed error).
+//
 // A function compiled with -fpatchable-function-entry=5 starts with a 5-byte NOP (after endbr64
 // when IBT is on). Hooking turns that NOP into `call stub`; the stub (one 64-byte chunk of trace
 // text, packed with every other hook's) runs the shared body, which calls the handler and returns
@@ -79,8 +82,12 @@ public final class FunctionHooks: @unchecked Sendable {
     struct State {
         var hooks: [Int: HookRecord] = [:]
         var patches: [Int: PatchRecord] = [:]
-        /// Which hook or patch owns each site, and the site's own NOP bytes.
-        var sites: [UInt: (owner: String, nop: [UInt8])] = [:]
+        /// The enabled hook or live patch that holds each site now.
+        var sites: [UInt: String] = [:]
+        /// The hook registered at each site (one per site; it may be disabled).
+        var hookSites: [UInt: Int] = [:]
+        /// Each site's own NOP bytes, as first seen.
+        var nops: [UInt: [UInt8]] = [:]
         var nextID = 1
         var body: Allocation?
         var exitTrampoline: Allocation?
@@ -121,7 +128,7 @@ public final class FunctionHooks: @unchecked Sendable {
         try CodeMemory.checkExecutable(function, count: 9, allocators: [allocator])
         let head = poker.read(9, at: function)
         let site = head.starts(with: [0xF3, 0x0F, 0x1E, 0xFA]) ? function + 4 : function
-        if let owner = state.withLock({ $0.sites[site]?.owner }) { throw .siteInUse(address: function, by: owner) }
+        if let owner = state.withLock({ $0.sites[site] }) { throw .siteInUse(address: function, by: owner) }
         let nop = poker.read(5, at: site)
         if Self.isFiveByteNop(nop) { return site }
         if nop == [0x90, 0x90, 0x90, 0x90, 0x90] {
@@ -179,7 +186,7 @@ public final class FunctionHooks: @unchecked Sendable {
         do throws(ProbeError) { site = try patchableSite(of: function) } catch { box?.release(); throw error }
         let r: Result<Hook, ProbeError> = state.withLock { s in
             do throws(ProbeError) {
-                if let taken = s.sites[site] { throw .siteInUse(address: function, by: taken.owner) }
+                if let other = s.hookSites[site] { throw .siteInUse(address: function, by: "hook \(other)") }
                 let body = try commonCode(&s)
                 let stub = try allocate(near: site)
                 let code = Trampolines.stub(at: stub.address, body: body, handler: handler, context: context, function: function,
@@ -188,7 +195,8 @@ public final class FunctionHooks: @unchecked Sendable {
                 let hook = Hook(id: s.nextID, function: function, site: site)
                 s.nextID += 1
                 s.hooks[hook.id] = HookRecord(hook: hook, stub: stub, box: box, enabled: false)
-                s.sites[site] = ("hook \(hook.id)", poker.read(5, at: site))
+                s.hookSites[site] = hook.id
+                if s.nops[site] == nil { s.nops[site] = poker.read(5, at: site) }
                 return .success(hook)
             } catch {
                 box?.release()
@@ -202,8 +210,9 @@ public final class FunctionHooks: @unchecked Sendable {
     private func commonCode(_ s: inout State) throws(ProbeError) -> UInt {
         if let b = s.body { return b.address }
         do throws(ExecMemError) {
-            let exit = try allocator.allocate(.trace, size: 64, alignment: 64)
-            try allocator.write(Trampolines.exitTrampoline(), to: exit)
+            let exitCode = Trampolines.exitTrampoline()
+            let exit = try allocator.allocate(.trace, size: exitCode.count, alignment: 64)
+            try allocator.write(exitCode, to: exit)
             let code = Trampolines.body(exitTrampoline: exit.address)
             let body = try allocator.allocate(.trace, size: code.count, alignment: 64)
             try allocator.write(code, to: body)
@@ -244,14 +253,18 @@ public final class FunctionHooks: @unchecked Sendable {
                     guard let rec = s.hooks[h.id], rec.hook == h else { throw .unknownHook(id: h.id) }
                     if rec.enabled == on { throw on ? .alreadyEnabled(address: h.function) : .notEnabled(address: h.function) }
                     if on {
+                        if let owner = s.sites[h.site] { throw .siteInUse(address: h.function, by: owner) }
                         guard let call = rel32Instruction(0xE8, from: h.site, to: rec.stub.address) else { throw .outOfReach(address: h.site, target: rec.stub.address) }
                         pokes.append(.init(h.site, call, emulate: .call(to: rec.stub.address)))
                     } else {
-                        pokes.append(.init(h.site, s.sites[h.site]!.nop, emulate: .skip(length: 5)))
+                        pokes.append(.init(h.site, s.nops[h.site]!, emulate: .skip(length: 5)))
                     }
                 }
                 try poker.patch(pokes)
-                for h in hooks { s.hooks[h.id]!.enabled = on }
+                for h in hooks {
+                    s.hooks[h.id]!.enabled = on
+                    s.sites[h.site] = on ? "hook \(h.id)" : nil
+                }
                 return .success(())
             } catch {
                 return .failure(error)
@@ -267,7 +280,7 @@ public final class FunctionHooks: @unchecked Sendable {
         if enabled { try disable(hook) }
         state.withLock { s in
             guard let rec = s.hooks.removeValue(forKey: hook.id) else { return }
-            s.sites[hook.site] = nil
+            s.hookSites[hook.site] = nil
             s.retired.append(rec.stub)
             if let b = rec.box { s.retiredBoxes.append(b) }
         }
@@ -299,8 +312,8 @@ public final class FunctionHooks: @unchecked Sendable {
         try CodeMemory.checkExecutable(replacement, count: 1, allocators: [allocator])
         let r: Result<LivePatch, ProbeError> = state.withLock { s in
             do throws(ProbeError) {
-                if let taken = s.sites[site] { throw .siteInUse(address: function, by: taken.owner) }
-                let nop = poker.read(5, at: site)
+                if let owner = s.sites[site] { throw .siteInUse(address: function, by: owner) }
+                if s.nops[site] == nil { s.nops[site] = poker.read(5, at: site) }
                 var stub: Allocation? = nil
                 var target = replacement
                 if Rel32.displacement(from: site + 5, to: replacement) == nil {
@@ -319,7 +332,7 @@ public final class FunctionHooks: @unchecked Sendable {
                 let patch = LivePatch(id: s.nextID, function: function, replacement: replacement)
                 s.nextID += 1
                 s.patches[patch.id] = PatchRecord(patch: patch, site: site, stub: stub)
-                s.sites[site] = ("live patch \(patch.id)", nop)
+                s.sites[site] = "live patch \(patch.id)"
                 return .success(patch)
             } catch {
                 return .failure(error)
@@ -332,7 +345,7 @@ public final class FunctionHooks: @unchecked Sendable {
     public func revert(_ patch: LivePatch) throws(ProbeError) {
         let r: Result<Void, ProbeError> = state.withLock { s in
             guard let rec = s.patches[patch.id], rec.patch == patch else { return .failure(.unknownHook(id: patch.id)) }
-            do throws(ProbeError) { try poker.patch(rec.site, with: s.sites[rec.site]!.nop, emulate: .skip(length: 5)) } catch { return .failure(error) }
+            do throws(ProbeError) { try poker.patch(rec.site, with: s.nops[rec.site]!, emulate: .skip(length: 5)) } catch { return .failure(error) }
             s.patches[patch.id] = nil
             s.sites[rec.site] = nil
             if let st = rec.stub { s.retired.append(st) }

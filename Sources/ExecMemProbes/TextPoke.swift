@@ -129,7 +129,7 @@ public final class TextPoker: @unchecked Sendable {
             }
         }
         let originals = sorted.map { read($0.bytes.count, at: $0.address) }
-        try serialized.withLock { _ throws(ProbeError) in
+        try TextPoker.serialized.withLock { _ throws(ProbeError) in
             try table.withUnsafeBufferPointer { (t) throws(ProbeError) in
                 cem_poke_publish(t.baseAddress, t.count)
                 defer { cem_poke_publish(nil, 0) }
@@ -154,8 +154,9 @@ public final class TextPoker: @unchecked Sendable {
         }
     }
 
-    /// One batch at a time, separately from the /proc/self/mem descriptor's lock.
-    private let serialized = Mutex<Void>(())
+    /// One batch at a time in the whole process (the int3 handler knows one batch), separately from
+    /// the /proc/self/mem descriptor's lock.
+    private static let serialized = Mutex<Void>(())
 
     private func sweepThreads(_ moves: [(from: UInt, to: UInt)], at address: UInt) throws(ProbeError) {
         let table = moves.map { cem_move(from: UInt64($0.from), to: UInt64($0.to)) }

@@ -10,7 +10,8 @@
 //
 //   stub (one chunk):  lea r11, [rip+desc] ; jmp body ; ... ; desc: handler, context, function, exit
 //   body frame:        [rbp+16] caller's return, [rbp+8] return into the function, [rbp] saved rbp,
-//                      then rax, r9, r8, rcx, rdx, rsi, rdi (the arguments array), r11, xmm0-7.
+//                      then rax, r9, r8, rcx, rdx, rsi, rdi (the arguments array), r11, and
+//                      xmm0-7 below rsp aligned to 16.
 
 import CExecMemProbeRuntime
 import ExecMem
@@ -45,30 +46,30 @@ struct X86Code {
 }
 
 enum Trampolines {
-    /// Frame offsets of the body (see the header).
-    static let xmmArea: Int32 = 136  // 8 xmm (128) + 8 to keep rsp 16-aligned at the call
-    static let argumentsOffset: Int32 = xmmArea + 8  // past the saved r11
-    /// Descriptor offset in a stub chunk and its fields.
+    /// Descriptor offset in a stub chunk, and the chunk's size.
     static let descriptorOffset = 32
     static let stubSize = 64
 
-    /// The shared body; `exitTrampoline` is where hooked returns go when an exit hook is set.
+    /// The shared body; `exitTrampoline` is where hooked returns go when an exit hook is set. The
+    /// stack is aligned here: gcc calls functions of the same file with a misaligned stack when it
+    /// can prove they do not care, and a handler does care.
     static func body(exitTrampoline: UInt) -> [UInt8] {
         var c = X86Code()
         c.emit(0x55)  // push rbp
         c.emit(0x48, 0x89, 0xE5)  // mov rbp, rsp
-        c.emit(0x50, 0x41, 0x51, 0x41, 0x50, 0x51, 0x52, 0x56, 0x57)  // push rax, r9, r8, rcx, rdx, rsi, rdi
-        c.emit(0x41, 0x53)  // push r11
-        c.emit(0x48, 0x81, 0xEC); c.imm32(xmmArea)  // sub rsp, 136
+        c.emit(0x50, 0x41, 0x51, 0x41, 0x50, 0x51, 0x52, 0x56, 0x57)  // push rax, r9, r8, rcx, rdx, rsi, rdi: [rbp-56]
+        c.emit(0x41, 0x53)  // push r11: [rbp-64]
+        c.emit(0x48, 0x81, 0xEC); c.imm32(128)  // sub rsp, 128
+        c.emit(0x48, 0x83, 0xE4, 0xF0)  // and rsp, -16
         for n: UInt8 in 0..<8 { c.movdqu(store: true, xmm: n, rspPlus: n * 16) }
         c.emit(0x49, 0x8B, 0x7B, 0x08)  // mov rdi, [r11+8]   context
         c.emit(0x49, 0x8B, 0x73, 0x10)  // mov rsi, [r11+16]  function
-        c.emit(0x48, 0x8D, 0x94, 0x24); c.imm32(argumentsOffset)  // lea rdx, [rsp+144]  arguments
+        c.emit(0x48, 0x8D, 0x55, 0xC8)  // lea rdx, [rbp-56]  arguments
         c.emit(0x41, 0xFF, 0x13)  // call [r11]
-        c.emit(0x4C, 0x8B, 0x9C, 0x24); c.imm32(xmmArea)  // mov r11, [rsp+136]
+        c.emit(0x4C, 0x8B, 0x5D, 0xC0)  // mov r11, [rbp-64]
         c.emit(0x49, 0x8B, 0x73, 0x18)  // mov rsi, [r11+24]  exit context
         c.emit(0x48, 0x85, 0xF6)  // test rsi, rsi
-        var skip = c.bytes.count
+        let skip = c.bytes.count
         c.emit(0x74, 0)  // jz done
         c.emit(0x48, 0x8B, 0x7D, 0x10)  // mov rdi, [rbp+16]  caller's return address
         c.emit(0x49, 0x8B, 0x53, 0x10)  // mov rdx, [r11+16]  function
@@ -80,9 +81,8 @@ enum Trampolines {
         c.movabs(0, UInt64(exitTrampoline))
         c.emit(0x48, 0x89, 0x45, 0x10)  // mov [rbp+16], rax
         for s in [skip, skip2] { c.bytes[s + 1] = UInt8(c.bytes.count - s - 2) }
-        skip = 0
         for n: UInt8 in 0..<8 { c.movdqu(store: false, xmm: n, rspPlus: n * 16) }
-        c.emit(0x48, 0x81, 0xC4); c.imm32(xmmArea + 8)  // add rsp, 144 (drops the saved r11)
+        c.emit(0x48, 0x8D, 0x65, 0xC8)  // lea rsp, [rbp-56]
         c.emit(0x5F, 0x5E, 0x5A, 0x59, 0x41, 0x58, 0x41, 0x59, 0x58)  // pop rdi, rsi, rdx, rcx, r8, r9, rax
         c.emit(0x5D, 0xC3)  // pop rbp; ret
         c.pad(to: 64)
@@ -92,8 +92,10 @@ enum Trampolines {
     /// Where every hooked function with an exit hook returns: report rax, go to the real caller.
     static func exitTrampoline() -> [UInt8] {
         var c = X86Code()
+        c.emit(0x55, 0x48, 0x89, 0xE5)  // push rbp; mov rbp, rsp
         c.emit(0x50, 0x52)  // push rax, rdx
         c.emit(0x48, 0x83, 0xEC, 0x20)  // sub rsp, 32
+        c.emit(0x48, 0x83, 0xE4, 0xF0)  // and rsp, -16
         c.movdqu(store: true, xmm: 0, rspPlus: 0)
         c.movdqu(store: true, xmm: 1, rspPlus: 16)
         c.emit(0x48, 0x89, 0xC7)  // mov rdi, rax
@@ -102,8 +104,8 @@ enum Trampolines {
         c.emit(0x49, 0x89, 0xC3)  // mov r11, rax
         c.movdqu(store: false, xmm: 0, rspPlus: 0)
         c.movdqu(store: false, xmm: 1, rspPlus: 16)
-        c.emit(0x48, 0x83, 0xC4, 0x20)  // add rsp, 32
-        c.emit(0x5A, 0x58)  // pop rdx, rax
+        c.emit(0x48, 0x8D, 0x65, 0xF0)  // lea rsp, [rbp-16]
+        c.emit(0x5A, 0x58, 0x5D)  // pop rdx, rax, rbp
         c.emit(0x41, 0xFF, 0xE3)  // jmp r11
         c.pad(to: 64)
         return c.bytes
