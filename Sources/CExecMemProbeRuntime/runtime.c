@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -130,7 +131,25 @@ static void on_sweep(int sig, siginfo_t *info, void *context) {
     atomic_fetch_add(&sweep_acks, 1);
 }
 
-int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, uint64_t *moved) {
+/// Whether thread `tid` blocks the sweep signal (libdispatch's worker threads block every
+/// asynchronous signal), from SigBlk in its status file.
+static int blocks_sweep(pid_t tid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", (int)tid);
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    int blocked = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "SigBlk:", 7) != 0) continue;
+        unsigned long long mask = strtoull(line + 7, NULL, 16);
+        blocked = (mask >> (SWEEP_SIGNAL - 1)) & 1;
+        break;
+    }
+    fclose(f);
+    return blocked;
+}
+
+int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, struct cem_sweep_result *result) {
     int expected = 0;
     if (atomic_compare_exchange_strong(&sweep_installed, &expected, 1)) {
         struct sigaction sa;
@@ -140,6 +159,7 @@ int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms
         sigemptyset(&sa.sa_mask);
         if (sigaction(SWEEP_SIGNAL, &sa, NULL) != 0) { atomic_store(&sweep_installed, 0); return -1; }
     }
+    memset(result, 0, sizeof *result);
     atomic_store(&sweep_count, count);
     atomic_store(&sweep_moves, moves);
     atomic_store(&sweep_acks, 0);
@@ -147,27 +167,27 @@ int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms
     pid_t self = (pid_t)syscall(SYS_gettid), pid = getpid();
     DIR *dir = opendir("/proc/self/task");
     if (!dir) return -1;
-    uint64_t sent = 0;
     struct dirent *e;
     while ((e = readdir(dir))) {
         if (e->d_name[0] == '.') continue;
         pid_t tid = (pid_t)atoi(e->d_name);
         if (tid == self) continue;
-        if (syscall(SYS_tgkill, pid, tid, SWEEP_SIGNAL) == 0) sent++;  // ESRCH: it has exited
+        if (blocks_sweep(tid)) { result->unreachable++; continue; }
+        if (syscall(SYS_tgkill, pid, tid, SWEEP_SIGNAL) == 0) result->signalled++;  // ESRCH: it has exited
     }
     closedir(dir);
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    int result = (int)sent;
-    while (atomic_load(&sweep_acks) < sent) {
+    while (atomic_load(&sweep_acks) < result->signalled) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-        if (ms > timeout_ms) { errno = ETIMEDOUT; result = -1; break; }
+        if (ms > timeout_ms) break;  // it blocked the signal after we looked
         sched_yield();
     }
     atomic_store(&sweep_moves, NULL);
-    if (moved) *moved = atomic_load(&sweep_moved);
-    return result;
+    result->answered = atomic_load(&sweep_acks);
+    result->moved = atomic_load(&sweep_moved);
+    return 0;
 }
 
 // Exit hooks.

@@ -160,18 +160,25 @@ public final class TextPoker: @unchecked Sendable {
 
     private func sweepThreads(_ moves: [(from: UInt, to: UInt)], at address: UInt) throws(ProbeError) {
         let table = moves.map { cem_move(from: UInt64($0.from), to: UInt64($0.to)) }
-        var moved: UInt64 = 0
-        let n = table.withUnsafeBufferPointer { cem_sweep_threads($0.baseAddress, $0.count, 2000, &moved) }
-        guard n >= 0 else { throw .poke(address: address, reason: "stopping the other threads failed: \(String(cString: strerror(errno)))") }
-        TextPoker.sweptThreads.add(moved, ordering: .relaxed)
+        var r = cem_sweep_result()
+        let status = table.withUnsafeBufferPointer { cem_sweep_threads($0.baseAddress, $0.count, 200, &r) }
+        guard status == 0 else { throw .poke(address: address, reason: "interrupting the other threads failed: \(String(cString: strerror(errno)))") }
+        TextPoker.sweeps.withLock { s in
+            s.sweeps += 1
+            s.moved += Int(r.moved)
+            s.unreachable += Int(r.unreachable + (r.signalled - r.answered))
+        }
     }
+
+    /// What the sweeps have done so far: threads moved into out-of-line copies, and threads that
+    /// could not be interrupted (they block the signal; libdispatch workers do).
+    public struct SweepStatistics: Sendable { public var sweeps = 0, moved = 0, unreachable = 0 }
+    public static let sweeps = Mutex(SweepStatistics())
 
     /// Traps the int3 handler has emulated so far (threads that met a patch in progress), and those
     /// that arrived after their patch was done.
     public static var emulatedTraps: UInt64 { cem_poke_traps() }
     public static var lateTraps: UInt64 { cem_poke_late_traps() }
-    /// Threads the sweep has moved into out-of-line copies.
-    public static let sweptThreads = Atomic<UInt64>(0)
 }
 
 extension Array where Element == UInt8 {

@@ -45,10 +45,17 @@ struct cem_move {
     uint64_t to;
 };
 
-/// Stops every other thread of the process once with a signal and applies `moves` to the ones that
-/// stand at a `from` address. Returns the number of threads signalled, or -1 with errno set (a thread
-/// that does not answer within `timeout_ms` gives ETIMEDOUT). Moved threads are counted in *moved.
-int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, uint64_t *moved);
+struct cem_sweep_result {
+    uint64_t signalled;    // threads sent the signal
+    uint64_t answered;     // threads whose handler ran
+    uint64_t moved;        // threads moved into an out-of-line copy
+    uint64_t unreachable;  // threads that block the signal (libdispatch workers do)
+};
+
+/// Interrupts every other thread of the process once with a signal and applies `moves` to the ones
+/// that stand at a `from` address; waits up to `timeout_ms` for their answers. Threads that block
+/// the signal cannot be reached and are counted. Returns 0, or -1 with errno set.
+int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, struct cem_sweep_result *result);
 
 /// Exit hooks: push the caller's return address (with the hook) on entry (0 when the shadow stack is
 /// full: the exit then goes unreported); pop it on return, which also calls
@@ -62,6 +69,15 @@ void cem_set_exit_handler(void (*handler)(uint64_t hook, uint64_t function, uint
 /// Addresses the trampolines call (so Swift can embed them).
 uint64_t cem_shadow_push_address(void);
 uint64_t cem_shadow_pop_address(void);
+
+/// The registers an instruction probe's handler sees (and may change, except rsp and rip), in the
+/// order the out-of-line slot saves them.
+struct cem_probe_registers {
+    uint64_t rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip;  // the probed instruction
+    uint64_t rflags;
+};
 
 /// Bytes an XSAVE of every enabled state component needs (0: no XSAVE; probes then use FXSAVE).
 uint32_t cem_xsave_size(void);
