@@ -55,7 +55,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "execmem",
-            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // Helpers several test targets share (compilers, processes, scratch directories).
         .target(name: "ExecMemTestSupport", dependencies: ["ExecMem"], path: "Tests/ExecMemTestSupport"),

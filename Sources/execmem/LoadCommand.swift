@@ -17,11 +17,7 @@ struct LoadCommand: ParsableCommand {
     @Flag(help: "Print where each section went (type, address, size) on standard error.") var map = false
     @Flag(help: "Print the allocator's statistics after the run on standard error.") var stats = false
     func run() throws {
-        // Everything after `--` is the program's; the parser hands it over with the files.
-        let all = CommandLine.arguments
-        let arguments = all.firstIndex(of: "--").map { Array(all[($0 + 1)...]) } ?? []
-        let files = Array(inputs.dropLast(min(arguments.count, inputs.count)))
-        guard !files.isEmpty else { throw ValidationError("give at least one object or archive") }
+        let (files, arguments) = try splitProgramArguments(inputs)
         let loader = ModuleLoader()
         let module: LoadedModule
         do {
@@ -57,6 +53,16 @@ struct LoadCommand: ParsableCommand {
         flushStandardIO()
         Glibc.exit(status)
     }
+}
+
+/// Splits `FILE... -- ARGS...`: everything after `--` is the program's (the parser hands it over
+/// with the files).
+func splitProgramArguments(_ inputs: [String]) throws -> (files: [String], arguments: [String]) {
+    let all = CommandLine.arguments
+    let arguments = all.firstIndex(of: "--").map { Array(all[($0 + 1)...]) } ?? []
+    let files = Array(inputs.dropLast(min(arguments.count, inputs.count)))
+    guard !files.isEmpty else { throw ValidationError("give at least one object or archive") }
+    return (files, arguments)
 }
 
 private func percent(_ x: Double) -> String { "\(Int((x * 100).rounded()))%" }
