@@ -50,7 +50,7 @@ let package = Package(
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
         .target(
             name: "ExecMemTools",
-            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader"],
+            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", "CExecMemProbeSamples"],
             resources: [.copy("Resources/bpf"), .copy("Resources/module")]
         ),
         .executableTarget(

@@ -276,6 +276,9 @@ public final class InstructionProbes: @unchecked Sendable {
         try r.get()
     }
 
+    /// Bytes of register state the slot saves with XSAVE (0: FXSAVE's 512).
+    public static var extendedStateBytes: Int { ProbeSlot.xsaveSize }
+
     public var probes: [InstructionProbe] { state.withLock { $0.probes.values.map(\.probe).sorted { $0.id < $1.id } } }
 
     /// Frees retired slots; only when no thread can still be inside one.

@@ -22,7 +22,7 @@ public struct BenchResult: Codable, Sendable {
 }
 
 public enum Bench {
-    public static let names = ["alloc", "locality", "memory", "bpf", "bpf-pack", "loader"]
+    public static let names = ["alloc", "locality", "memory", "bpf", "bpf-pack", "loader", "probes"]
     static let liveAllocations = 10_000
     static let baselineName = "mmap + mprotect per allocation"
 
@@ -37,6 +37,7 @@ public enum Bench {
             case "bpf": out += try bpf(scale: scale)
             case "bpf-pack": out += try bpfPack(scale: scale)
             case "loader": out += try loader(scale: scale)
+            case "probes": out += try probes(scale: scale)
             default: throw BenchError("unknown benchmark '\(n)'; known: \(names.joined(separator: ", "))")
             }
         }

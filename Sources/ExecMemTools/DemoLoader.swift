@@ -1,6 +1,7 @@
 // The demo's module-loader part: a small built-in relocatable object (Resources/module) loaded into
 // the demo's allocator, its sections laid out by type, its constructor run, init memory freed,
-// ro-after-init sealed, its entry called (it calls back into the host with call rel32), then unloaded.
+// ro-after-init sealed, its entry called (it calls back into the host with call rel32), hooked,
+// live-patched and probed (DemoProbes.swift), then unloaded.
 
 import ExecMem
 import ExecMemLoader
@@ -28,7 +29,9 @@ public struct LoaderDemoReport: Codable, Sendable {
     /// Calls to the host that needed a veneer (0: every call is a direct call rel32).
     public var veneers: Int
     public var unloadedCleanly: Bool
-    public var ok: Bool { result == expected && initAllocationsFreed > 0 && roAfterInitSealed && unloadedCleanly }
+    /// Hooks, a live patch and an instruction probe on the loaded module.
+    public var probes: ProbesDemoReport
+    public var ok: Bool { result == expected && initAllocationsFreed > 0 && roAfterInitSealed && unloadedCleanly && probes.ok }
 
     static func run(allocator mem: ExecMemAllocator) throws -> LoaderDemoReport {
         let path = resourceDirectory + "/module/demo_module.o"
@@ -51,9 +54,10 @@ public struct LoaderDemoReport: Codable, Sendable {
         let sealed = module.allocations["roAfterInit"].map { mem.isSealed($0) } ?? false
         let freed = module.freedInitAllocations.count
         let veneers = module.callsThroughVeneers
+        let probes = try ProbesDemoReport.run(module, expected: expected)
         module.unload()
         let after = mem.statistics(readBack: false).total.allocations
         return LoaderDemoReport(sections: sections, result: result, expected: expected, initAllocationsFreed: freed,
-                                roAfterInitSealed: sealed, veneers: veneers, unloadedCleanly: after == before)
+                                roAfterInitSealed: sealed, veneers: veneers, unloadedCleanly: after == before, probes: probes)
     }
 }

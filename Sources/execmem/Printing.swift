@@ -44,6 +44,9 @@ func printDemo(_ r: DemoReport) {
     let m = r.module
     print("  module: demo_module.o loaded by type; demo_entry(16) = \(m.result) (expected \(m.expected)); \(m.veneers == 0 ? "host calls are direct call rel32" : "\(m.veneers) host calls through veneers"); init memory freed: \(m.initAllocationsFreed) allocations; ro-after-init sealed: \(m.roAfterInitSealed ? "yes" : "NO"); unloaded cleanly: \(m.unloadedCleanly ? "yes" : "NO")")
     for s in m.sections { print("        \(s.type.padding(11)) \(s.protection)  \(hex(s.address))  \(String(s.size).leftPadding(5))  \(s.name)") }
+    let p = m.probes
+    print("  probes: \(p.patchableFunctions) patchable entries; entry+exit hook on demo_entry saw n = \(p.hookSawArgument) and returned \(p.hookSawResult), result \(p.resultWhileHooked == p.expected ? "unchanged" : "CHANGED"), entry bytes restored: \(p.entryBytesRestored ? "yes" : "NO")")
+    print("        live patch to demo_entry_v2: \(p.livePatchedResult) (expected \(p.expectedPatched)), reverted: \(p.revertedResult); instruction probe at demo_entry+\(p.probeOffset) fired \(p.probeHits) times, result \(p.resultWhileProbed == p.expected ? "unchanged" : "CHANGED")")
     print("")
     var rows = [["type", "blocks", "allocations", "used", "requested", "free", "largest free", "fragmentation", "2 MiB pages"]]
     for t in r.types {

@@ -1,6 +1,7 @@
 /* The demo's built-in module: one section of every type, a constructor that uses init code and
  * init data and fills ro-after-init data, and calls to a host function the demo provides.
- * Built with: clang -O2 -fPIC -c demo_module.c -o demo_module.o */
+ * Every function starts with a 5-byte NOP so the demo can hook and live-patch it.
+ * Built with: clang -O2 -fPIC -fpatchable-function-entry=5 -c demo_module.c -o demo_module.o */
 
 extern long host_scale(long x);
 
@@ -23,3 +24,11 @@ long demo_entry(long n) {
 }
 
 long demo_calls(void) { return calls; }
+
+/* A newer demo_entry for live patching: the same sum, plus one per element counted. */
+long demo_entry_v2(long n) {
+    long sum = 0;
+    calls++;
+    for (long i = 0; i < n && i < 16; i++) sum += host_scale(table[i] * weights[i % 8]) + 1;
+    return sum;
+}
