@@ -91,8 +91,7 @@ public final class FunctionHooks: @unchecked Sendable {
         var nextID = 1
         var body: Allocation?
         var exitTrampoline: Allocation?
-        var retired: [Allocation] = []
-        var retiredBoxes: [Unmanaged<HookBox>] = []
+        var retired = Retired<HookBox>()
     }
     let state = Mutex(State())
 
@@ -111,8 +110,7 @@ public final class FunctionHooks: @unchecked Sendable {
         let enabled = s.hooks.values.filter(\.enabled).map(\.hook)
         try? disable(enabled)
         for r in s.hooks.values { try? allocator.free(r.stub); r.box?.release() }
-        for a in s.retired { try? allocator.free(a) }
-        for b in s.retiredBoxes { b.release() }
+        _ = s.retired.free(in: allocator)
         for p in s.patches.values { if let st = p.stub { try? allocator.free(st) } }
         if let b = s.body { try? allocator.free(b) }
         if let e = s.exitTrampoline { try? allocator.free(e) }
@@ -281,8 +279,7 @@ public final class FunctionHooks: @unchecked Sendable {
         state.withLock { s in
             guard let rec = s.hooks.removeValue(forKey: hook.id) else { return }
             s.hookSites[hook.site] = nil
-            s.retired.append(rec.stub)
-            if let b = rec.box { s.retiredBoxes.append(b) }
+            s.retired.add(rec.stub, rec.box)
         }
     }
 
@@ -295,13 +292,7 @@ public final class FunctionHooks: @unchecked Sendable {
     /// them (no hooked call in flight since the hooks were removed). Returns how many were freed.
     @discardableResult
     public func reclaim() -> Int {
-        let (stubs, boxes) = state.withLock { s in
-            defer { s.retired = []; s.retiredBoxes = [] }
-            return (s.retired, s.retiredBoxes)
-        }
-        for a in stubs { try? allocator.free(a) }
-        for b in boxes { b.release() }
-        return stubs.count
+        state.withLock { $0.retired.take() }.free(in: allocator)
     }
 
     // MARK: Live patches
@@ -348,7 +339,7 @@ public final class FunctionHooks: @unchecked Sendable {
             do throws(ProbeError) { try poker.patch(rec.site, with: s.nops[rec.site]!, emulate: .skip(length: 5)) } catch { return .failure(error) }
             s.patches[patch.id] = nil
             s.sites[rec.site] = nil
-            if let st = rec.stub { s.retired.append(st) }
+            if let st = rec.stub { s.retired.add(st) }
             return .success(())
         }
         try r.get()

@@ -183,8 +183,7 @@ public final class InstructionProbes: @unchecked Sendable {
         var probes: [Int: Record] = [:]
         var byAddress: [UInt: Int] = [:]
         var nextID = 1
-        var retired: [Allocation] = []
-        var retiredBoxes: [Unmanaged<ProbeBox>] = []
+        var retired = Retired<ProbeBox>()
     }
     let state = Mutex(State())
 
@@ -269,8 +268,7 @@ public final class InstructionProbes: @unchecked Sendable {
             do throws(ProbeError) { try poker.patch(probe.address, with: rec.original, emulate: .jump(to: rec.slot.address)) } catch { return .failure(error) }
             s.probes[probe.id] = nil
             s.byAddress[probe.address] = nil
-            s.retired.append(rec.slot)
-            if let b = rec.box { s.retiredBoxes.append(b) }
+            s.retired.add(rec.slot, rec.box)
             return .success(())
         }
         try r.get()
@@ -284,13 +282,7 @@ public final class InstructionProbes: @unchecked Sendable {
     /// Frees retired slots; only when no thread can still be inside one.
     @discardableResult
     public func reclaim() -> Int {
-        let (slots, boxes) = state.withLock { s in
-            defer { s.retired = []; s.retiredBoxes = [] }
-            return (s.retired, s.retiredBoxes)
-        }
-        for a in slots { try? allocator.free(a) }
-        for b in boxes { b.release() }
-        return slots.count
+        state.withLock { $0.retired.take() }.free(in: allocator)
     }
 }
 

@@ -128,3 +128,28 @@ enum Trampolines {
         return c.bytes
     }
 }
+
+/// Code that may still be running (stubs and slots of removed hooks and probes) and the handler
+/// boxes it points to, kept until the owner's `reclaim()`.
+struct Retired<Box: AnyObject> {
+    private var allocations: [Allocation] = []
+    private var boxes: [Unmanaged<Box>] = []
+
+    mutating func add(_ a: Allocation, _ box: Unmanaged<Box>? = nil) {
+        allocations.append(a)
+        if let box { boxes.append(box) }
+    }
+
+    /// Empties the list; the caller frees what it returns once no thread can be inside.
+    mutating func take() -> Retired<Box> {
+        defer { self = Retired() }
+        return self
+    }
+
+    /// Frees the code and releases the boxes; returns how many allocations were freed.
+    func free(in allocator: ExecMemAllocator) -> Int {
+        for a in allocations { try? allocator.free(a) }
+        for b in boxes { b.release() }
+        return allocations.count
+    }
+}
