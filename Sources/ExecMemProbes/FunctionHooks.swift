@@ -12,6 +12,7 @@
 //
 // Stubs of removed hooks are retired, not freed: a thread may still be inside one. `reclaim()`
 // frees them once the caller knows no thread runs there (Linux waits for an RCU-tasks grace period).
+// Dropping a FunctionHooks disables its hooks and frees all its code, with the same precondition.
 
 import CExecMemProbeRuntime
 import ExecMem

@@ -32,7 +32,7 @@ public enum ProbeError: Error, CustomStringConvertible, Sendable, Equatable {
         case let .notAnInstruction(a, r): return "\(h(a)): not an instruction boundary: \(r)"
         case let .alreadyEnabled(a): return "\(h(a)): already enabled"
         case let .notEnabled(a): return "\(h(a)): not enabled"
-        case let .unknownHook(id): return "unknown hook or patch \(id)"
+        case let .unknownHook(id): return "unknown hook, live patch or probe \(id)"
         case let .siteInUse(a, by): return "\(h(a)): its entry is already taken by \(by)"
         case let .refused(a, i, r): return "probe at \(h(a)) refused: the instruction at \(h(i)) \(r)"
         case let .outOfReach(a, t): return "\(h(a)): \(h(t)) is out of rel32 reach and no memory near it is available"
