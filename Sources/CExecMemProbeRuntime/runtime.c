@@ -5,6 +5,7 @@
 #include <cpuid.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -52,12 +53,54 @@ static void emulate(ucontext_t *uc, uint64_t rip, const struct cem_poke *p) {
     }
 }
 
+// Trap probes: int3 sites that stay, each sending the thread to its out-of-line slot. Writers
+// copy the sorted table, publish the copy, wait until no handler reads the old one, free it.
+struct table {
+    size_t count;
+    struct cem_poke entries[];
+};
+static struct table *_Atomic resident;
+static pthread_mutex_t resident_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int replace_resident(uint64_t address, uint64_t target, int add) {
+    pthread_mutex_lock(&resident_lock);
+    struct table *old = atomic_load(&resident);
+    size_t n = old ? old->count : 0;
+    struct table *t = malloc(sizeof *t + (n + 1) * sizeof(struct cem_poke));
+    if (!t) { pthread_mutex_unlock(&resident_lock); return -1; }
+    size_t k = 0;
+    int placed = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct cem_poke *e = &old->entries[i];
+        if (e->address == address) continue;  // replaced or removed
+        if (add && !placed && address < e->address) {
+            t->entries[k++] = (struct cem_poke){address, target, CEM_EMULATE_JUMP, 1};
+            placed = 1;
+        }
+        t->entries[k++] = *e;
+    }
+    if (add && !placed) t->entries[k++] = (struct cem_poke){address, target, CEM_EMULATE_JUMP, 1};
+    t->count = k;
+    atomic_store(&resident, t);
+    while (atomic_load(&readers) != 0) sched_yield();
+    free(old);
+    pthread_mutex_unlock(&resident_lock);
+    return 0;
+}
+
+int cem_trap_probe_add(uint64_t address, uint64_t slot) { return replace_resident(address, slot, 1); }
+int cem_trap_probe_remove(uint64_t address) { return replace_resident(address, 0, 0); }
+
 static void on_trap(int sig, siginfo_t *info, void *context) {
     ucontext_t *uc = context;
     uint64_t rip = (uint64_t)uc->uc_mcontext.gregs[REG_RIP] - 1;  // int3 has executed
     atomic_fetch_add(&readers, 1);
     const struct cem_poke *b = atomic_load(&batch);
     const struct cem_poke *p = b ? find(b, atomic_load(&batch_count), rip) : NULL;
+    if (!p) {
+        struct table *t = atomic_load(&resident);
+        p = t ? find(t->entries, t->count, rip) : NULL;
+    }
     if (p) {
         emulate(uc, rip, p);
         atomic_fetch_add(&readers, -1);
@@ -107,16 +150,24 @@ void cem_poke_publish(const struct cem_poke *sorted, size_t count) {
 uint64_t cem_poke_traps(void) { return atomic_load(&traps); }
 uint64_t cem_poke_late_traps(void) { return atomic_load(&late_traps); }
 
-// The sweep.
+// The sweep. Each sweep has a generation, sent with the signal (sigqueue's value): a signal left
+// over from an earlier sweep, still queued for a thread that was slow to run, neither moves the
+// thread with the current moves nor answers for the current sweep. Each thread's answer is recorded
+// against its own id, so the sweep knows exactly which threads have answered.
 
 #define SWEEP_SIGNAL (SIGRTMAX - 2)
+#define SWEEP_MAX_THREADS 4096
 static const struct cem_move *_Atomic sweep_moves;
 static _Atomic size_t sweep_count;
-static _Atomic uint64_t sweep_acks, sweep_moved;
+static _Atomic uint64_t sweep_generation, sweep_moved;
 static _Atomic int sweep_installed;
+static pid_t sweep_tids[SWEEP_MAX_THREADS];
+static _Atomic int sweep_answered[SWEEP_MAX_THREADS];
+static _Atomic size_t sweep_threads;
 
 static void on_sweep(int sig, siginfo_t *info, void *context) {
-    (void)sig; (void)info;
+    (void)sig;
+    if (info->si_code != SI_QUEUE || (uint64_t)(uintptr_t)info->si_value.sival_ptr != atomic_load(&sweep_generation)) return;
     ucontext_t *uc = context;
     const struct cem_move *m = atomic_load(&sweep_moves);
     size_t n = atomic_load(&sweep_count);
@@ -128,7 +179,11 @@ static void on_sweep(int sig, siginfo_t *info, void *context) {
             break;
         }
     }
-    atomic_fetch_add(&sweep_acks, 1);
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    size_t threads = atomic_load(&sweep_threads);
+    for (size_t i = 0; i < threads; i++) {
+        if (sweep_tids[i] == self) { atomic_store(&sweep_answered[i], 1); break; }
+    }
 }
 
 /// Whether thread `tid` blocks the sweep signal (libdispatch's worker threads block every
@@ -149,6 +204,21 @@ static int blocks_sweep(pid_t tid) {
     return blocked;
 }
 
+int cem_threads_blocking_sweep(void) {
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] == '.') continue;
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (tid != self && blocks_sweep(tid)) n++;
+    }
+    closedir(dir);
+    return n;
+}
+
 int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, struct cem_sweep_result *result) {
     int expected = 0;
     if (atomic_compare_exchange_strong(&sweep_installed, &expected, 1)) {
@@ -160,34 +230,62 @@ int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms
         if (sigaction(SWEEP_SIGNAL, &sa, NULL) != 0) { atomic_store(&sweep_installed, 0); return -1; }
     }
     memset(result, 0, sizeof *result);
-    atomic_store(&sweep_count, count);
-    atomic_store(&sweep_moves, moves);
-    atomic_store(&sweep_acks, 0);
-    atomic_store(&sweep_moved, 0);
     pid_t self = (pid_t)syscall(SYS_gettid), pid = getpid();
+    // The threads to ask, before any signal goes out (the handler reads the list).
+    atomic_store(&sweep_threads, 0);
+    uint64_t generation = atomic_fetch_add(&sweep_generation, 1) + 1;
     DIR *dir = opendir("/proc/self/task");
     if (!dir) return -1;
+    size_t n = 0;
     struct dirent *e;
     while ((e = readdir(dir))) {
         if (e->d_name[0] == '.') continue;
         pid_t tid = (pid_t)atoi(e->d_name);
         if (tid == self) continue;
         if (blocks_sweep(tid)) { result->unreachable++; continue; }
-        if (syscall(SYS_tgkill, pid, tid, SWEEP_SIGNAL) == 0) result->signalled++;  // ESRCH: it has exited
+        if (n == SWEEP_MAX_THREADS) { closedir(dir); errno = E2BIG; return -1; }
+        sweep_tids[n] = tid;
+        atomic_store(&sweep_answered[n], 0);
+        n++;
     }
     closedir(dir);
+    atomic_store(&sweep_threads, n);
+    atomic_store(&sweep_moved, 0);
+    atomic_store(&sweep_count, count);
+    atomic_store(&sweep_moves, moves);
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    info.si_signo = SWEEP_SIGNAL;
+    info.si_code = SI_QUEUE;
+    info.si_pid = pid;
+    info.si_uid = getuid();
+    info.si_value.sival_ptr = (void *)(uintptr_t)generation;
+    for (size_t i = 0; i < n; i++) {
+        if (syscall(SYS_rt_tgsigqueueinfo, pid, sweep_tids[i], SWEEP_SIGNAL, &info) == 0) result->signalled++;
+        else atomic_store(&sweep_answered[i], 1);  // ESRCH: it has exited
+    }
+    // Wait for every thread to answer or exit; one that does neither in time fails the sweep.
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
-    while (atomic_load(&sweep_acks) < result->signalled) {
+    int status = 0;
+    for (;;) {
+        size_t waiting = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (atomic_load(&sweep_answered[i])) continue;
+            if (syscall(SYS_tgkill, pid, sweep_tids[i], 0) != 0) { atomic_store(&sweep_answered[i], 1); continue; }
+            waiting++;
+        }
+        if (waiting == 0) break;
         clock_gettime(CLOCK_MONOTONIC, &now);
         long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-        if (ms > timeout_ms) break;  // it blocked the signal after we looked
+        if (ms > timeout_ms) { errno = ETIMEDOUT; status = -1; break; }
         sched_yield();
     }
     atomic_store(&sweep_moves, NULL);
-    result->answered = atomic_load(&sweep_acks);
+    atomic_fetch_add(&sweep_generation, 1);  // answers from now on are late, and ignored
+    for (size_t i = 0; i < n; i++) result->answered += (uint64_t)atomic_load(&sweep_answered[i]);
     result->moved = atomic_load(&sweep_moved);
-    return 0;
+    return status;
 }
 
 // Exit hooks.

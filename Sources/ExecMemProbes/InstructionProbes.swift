@@ -1,20 +1,26 @@
-// Instruction probes (Linux's optimized kprobes): a probe at any instruction boundary of a function.
+// Instruction probes (Linux's kprobes): a probe at any instruction boundary of a function, in one
+// of two forms.
 //
-// The instructions under the first 5 bytes at the probe are displaced: copied into an out-of-line
-// slot (probes kind, within rel32 of the function) with RIP-relative operands and relative branches
-// re-aimed, short branches widened to rel32. The probe becomes `jmp slot` (the rest of the displaced
-// bytes int3). The slot saves every register and the extended state (XSAVE), calls the handler with
-// the registers, restores them (with the handler's changes), runs the displaced instructions and
-// jumps back after them.
+// Jump probes (optimized kprobes): the instructions under the first 5 bytes at the probe are
+// displaced: copied into an out-of-line slot (probes kind, within rel32 of the function) with
+// RIP-relative operands and relative branches re-aimed, short branches widened to rel32. The probe
+// becomes `jmp slot` (the rest of the displaced bytes int3). Refused, with the instruction named:
+// traps, loop/jrcxz (no rel32 form), 16-bit branches, a call that is not the last displaced
+// instruction (its return address would land inside the patch), the flow ending before 5 bytes, a
+// jump from anywhere in the function to inside the displaced bytes, and displacing more than one
+// instruction in a function with an indirect jump through a register (a jump table whose targets
+// the decoder cannot see). Before the bytes change, every other thread is interrupted once (the
+// sweep) and one standing between two displaced instructions is moved into the slot.
 //
-// Refused, with the instruction named: traps, loop/jrcxz (no rel32 form), 16-bit branches, a call
-// that is not the last displaced instruction (its return address would land inside the patch),
-// the function's flow ending before 5 bytes, a jump from anywhere in the function to inside the
-// displaced bytes, and displacing more than one instruction in a function with an indirect jump
-// through a register (a jump table whose targets the decoder cannot see).
+// Trap probes (plain kprobes): a lasting int3 on the probed instruction only; the SIGTRAP handler
+// sends the thread to a slot holding that one instruction. Nothing but the first byte changes, so
+// no thread can be caught between displaced instructions; a hit costs a signal.
 //
-// Installing stops every other thread once (the sweep): a thread standing between two displaced
-// instructions is moved to the same instruction in the slot before the bytes change.
+// Either slot saves every register and the extended state (XSAVE), calls the handler with the
+// registers, restores them (with the handler's changes), runs the displaced instruction(s) and
+// jumps back. `.automatic` uses a jump where it is safe and a trap otherwise: when the jump plan is
+// refused, or it displaces several instructions while some thread blocks the sweep's signal
+// (libdispatch's workers, and threads they start, do).
 
 import CExecMemProbeRuntime
 import ExecMem
@@ -44,6 +50,19 @@ public struct InstructionProbe: Hashable, Sendable {
     public let address: UInt
     /// How many bytes (whole instructions) the probe displaced.
     public let displacedBytes: Int
+    /// A trap probe (int3) rather than a jump.
+    public let isTrap: Bool
+}
+
+/// How a probe is placed.
+public enum ProbeMode: Sendable, Equatable {
+    /// A jump where that is safe, a trap otherwise (see the file's header).
+    case automatic
+    /// Always a trap: one instruction displaced, a signal per hit.
+    case trap
+    /// Always a jump, without checking threads the sweep cannot reach: only for code that no other
+    /// thread runs while the probe is placed or removed.
+    case jump
 }
 
 /// What a probe at an address would displace, decided before anything is written.
@@ -57,8 +76,9 @@ public struct ProbePlan: Sendable {
     public var displaced: [Displaced]
     public var length: Int { displaced.reduce(0) { $0 + $1.instruction.length } }
 
-    /// Decodes `function` and plans a probe at `address`, or says why not.
-    public static func make(at address: UInt, function: Range<UInt>) throws(ProbeError) -> ProbePlan {
+    /// Decodes `function` and plans a probe at `address`, or says why not: a jump probe (at least
+    /// 5 bytes displaced), or with `single` a trap probe (the one instruction).
+    public static func make(at address: UInt, function: Range<UInt>, single: Bool = false) throws(ProbeError) -> ProbePlan {
         guard function.contains(address) else {
             throw .notAnInstruction(address: address, reason: "it is outside the function [\(hex(function.lowerBound)), \(hex(function.upperBound)))")
         }
@@ -91,12 +111,13 @@ public struct ProbePlan: Sendable {
             if insn.branch != nil && insn.branchDisplacementSize == 2 { throw .refused(address: address, instruction: a, reason: "is a branch with a 16-bit displacement") }
             displaced.append(Displaced(address: a, instruction: insn, bytes: bytes))
             length += insn.length
-            if length >= 5 { break }
+            if length >= 5 || single { break }
             if insn.branch == .call {
                 throw .refused(address: address, instruction: a, reason: "is a call inside the 5 bytes the jump needs: its return address would point into the patch")
             }
             if insn.endsFlow { throw .refused(address: address, instruction: a, reason: "ends the flow before 5 bytes could be displaced") }
         }
+        if single { return ProbePlan(address: address, displaced: displaced) }
         guard length >= 5 else {
             throw .refused(address: address, instruction: displaced.last?.address ?? address, reason: "is the function's last instruction, before 5 bytes could be displaced")
         }
@@ -200,10 +221,11 @@ public final class InstructionProbes: @unchecked Sendable {
 
     /// Places a probe at `address`, an instruction boundary of the code in `function`.
     @discardableResult
-    public func probe(_ address: UInt, function: Range<UInt>, handler: @escaping ProbeHandler) throws(ProbeError) -> InstructionProbe {
+    public func probe(_ address: UInt, function: Range<UInt>, mode: ProbeMode = .automatic, handler: @escaping ProbeHandler) throws(ProbeError) -> InstructionProbe {
         let box = Unmanaged.passRetained(ProbeBox(handler, address))
         do throws(ProbeError) {
-            return try install(address, function: function, handler: unsafeBitCast(swiftProbe, to: UInt.self), context: UInt(bitPattern: box.toOpaque()), box: box)
+            return try install(address, function: function, mode: mode, handler: unsafeBitCast(swiftProbe, to: UInt.self),
+                               context: UInt(bitPattern: box.toOpaque()), box: box)
         } catch {
             box.release()
             throw error
@@ -212,47 +234,36 @@ public final class InstructionProbes: @unchecked Sendable {
 
     /// Places a probe whose C handler is called directly with (context, registers).
     @discardableResult
-    public func probe(_ address: UInt, function: Range<UInt>, c handler: CProbeHandler, context: UnsafeMutableRawPointer? = nil) throws(ProbeError) -> InstructionProbe {
-        try install(address, function: function, handler: unsafeBitCast(handler, to: UInt.self), context: UInt(bitPattern: context), box: nil)
+    public func probe(_ address: UInt, function: Range<UInt>, mode: ProbeMode = .automatic, c handler: CProbeHandler,
+                      context: UnsafeMutableRawPointer? = nil) throws(ProbeError) -> InstructionProbe {
+        try install(address, function: function, mode: mode, handler: unsafeBitCast(handler, to: UInt.self), context: UInt(bitPattern: context), box: nil)
     }
 
-    private func install(_ address: UInt, function: Range<UInt>, handler: UInt, context: UInt, box: Unmanaged<ProbeBox>?) throws(ProbeError) -> InstructionProbe {
+    private func install(_ address: UInt, function: Range<UInt>, mode: ProbeMode, handler: UInt, context: UInt,
+                         box: Unmanaged<ProbeBox>?) throws(ProbeError) -> InstructionProbe {
         try CodeMemory.checkExecutable(function.lowerBound, count: function.count, allocators: [allocator])
         let r: Result<InstructionProbe, ProbeError> = state.withLock { s in
             do throws(ProbeError) {
                 if let other = s.byAddress[address] { throw .siteInUse(address: address, by: "probe \(other)") }
-                for rec in s.probes.values where rec.probe.address < address + 5 && address < rec.probe.address + UInt(rec.probe.displacedBytes) {
-                    throw .siteInUse(address: address, by: "probe \(rec.probe.id) at \(hex(rec.probe.address))")
-                }
-                let plan = try ProbePlan.make(at: address, function: function)
-                let prologue = ProbeSlot.prologue(address: address, handler: handler, context: context)
-                let capacity = prologue.count + plan.length * 3 + 32
-                let slot: Allocation
-                do throws(ExecMemError) { slot = try allocator.allocate(.probes, size: capacity, alignment: 64) } catch { throw .allocator(error) }
-                do throws(ProbeError) {
-                    guard Rel32.reaches(function.lowerBound, function.upperBound, slot.address, slot.address + UInt(slot.capacity)) else {
-                        throw .outOfReach(address: address, target: slot.address)
+                if mode != .trap {
+                    do throws(ProbeError) {
+                        let plan = try ProbePlan.make(at: address, function: function)
+                        if mode == .automatic && plan.displaced.count > 1 && cem_threads_blocking_sweep() != 0 {
+                            throw .refused(address: address, instruction: plan.displaced[1].address, reason: "would be displaced while threads that cannot be checked run")
+                        }
+                        return .success(try place(plan, function: function, trap: false, strict: mode == .automatic, handler: handler, context: context, box: box, &s))
+                    } catch {
+                        // A refused or unsafe jump becomes a trap, as an unoptimizable kprobe stays one.
+                        // So does a jump whose sweep found a thread it cannot check (the patch was
+                        // rolled back).
+                        switch (mode, error) {
+                        case (.automatic, .refused), (.automatic, .poke), (.automatic, .siteInUse): break
+                        default: throw error
+                        }
                     }
-                    let codeBase = slot.address + UInt(prologue.count)
-                    let (moved, offsets) = try plan.relocated(at: codeBase)
-                    var code = X86Code(bytes: prologue + moved)
-                    code.jump(from: slot.address, to: address + UInt(plan.length))
-                    do throws(ExecMemError) { try allocator.write(code.bytes, to: slot) } catch { throw .allocator(error) }
-                    allocator.makeVisible()
-                    var patch = rel32Instruction(0xE9, from: address, to: slot.address)!
-                    patch += [UInt8](repeating: 0xCC, count: plan.length - 5)
-                    let moves = zip(plan.displaced, offsets).dropFirst().map { (from: $0.address, to: codeBase + UInt($1)) }
-                    let original = plan.displaced.flatMap(\.bytes)
-                    try poker.patch([.init(address, patch, emulate: .jump(to: slot.address))], sweep: moves)
-                    let probe = InstructionProbe(id: s.nextID, address: address, displacedBytes: plan.length)
-                    s.nextID += 1
-                    s.probes[probe.id] = Record(probe: probe, slot: slot, original: original, box: box)
-                    s.byAddress[address] = probe.id
-                    return .success(probe)
-                } catch {
-                    try? allocator.free(slot)
-                    throw error
                 }
+                let plan = try ProbePlan.make(at: address, function: function, single: true)
+                return .success(try place(plan, function: function, trap: true, strict: false, handler: handler, context: context, box: box, &s))
             } catch {
                 return .failure(error)
             }
@@ -260,12 +271,67 @@ public final class InstructionProbes: @unchecked Sendable {
         return try r.get()
     }
 
+    /// Writes the slot and patches the probe in, as a jump or a trap.
+    private func place(_ plan: ProbePlan, function: Range<UInt>, trap: Bool, strict: Bool, handler: UInt, context: UInt,
+                       box: Unmanaged<ProbeBox>?, _ s: inout State) throws(ProbeError) -> InstructionProbe {
+        let address = plan.address, end = address + UInt(plan.length)
+        for rec in s.probes.values where rec.probe.address < end && address < rec.probe.address + UInt(rec.probe.displacedBytes) {
+            throw .siteInUse(address: address, by: "probe \(rec.probe.id) at \(hex(rec.probe.address))")
+        }
+        let prologue = ProbeSlot.prologue(address: address, handler: handler, context: context)
+        let slot: Allocation
+        do throws(ExecMemError) { slot = try allocator.allocate(.probes, size: prologue.count + plan.length * 3 + 32, alignment: 64) } catch { throw .allocator(error) }
+        do throws(ProbeError) {
+            guard Rel32.reaches(function.lowerBound, function.upperBound, slot.address, slot.address + UInt(slot.capacity)) else {
+                throw .outOfReach(address: address, target: slot.address)
+            }
+            let codeBase = slot.address + UInt(prologue.count)
+            let (moved, offsets) = try plan.relocated(at: codeBase)
+            var code = X86Code(bytes: prologue + moved)
+            code.jump(from: slot.address, to: address + UInt(plan.length))
+            do throws(ExecMemError) { try allocator.write(code.bytes, to: slot) } catch { throw .allocator(error) }
+            allocator.makeVisible()
+            if trap {
+                // The handler must know the int3 before any thread can meet it. One byte is written
+                // whole, so no sweep is needed.
+                guard cem_trap_probe_add(UInt64(address), UInt64(slot.address)) == 0 else { throw .poke(address: address, reason: "out of memory") }
+                do throws(ProbeError) { try poker.write([0xCC], at: address) } catch { _ = cem_trap_probe_remove(UInt64(address)); throw error }
+                Membarrier.synchronize()
+            } else {
+                var patch = rel32Instruction(0xE9, from: address, to: slot.address)!
+                patch += [UInt8](repeating: 0xCC, count: plan.length - 5)
+                let moves = zip(plan.displaced, offsets).dropFirst().map { (from: $0.address, to: codeBase + UInt($1)) }
+                try poker.patch([.init(address, patch, emulate: .jump(to: slot.address))], sweep: moves, everyThread: strict)
+            }
+        } catch {
+            try? allocator.free(slot)
+            throw error
+        }
+        let probe = InstructionProbe(id: s.nextID, address: address, displacedBytes: plan.length, isTrap: trap)
+        s.nextID += 1
+        s.probes[probe.id] = Record(probe: probe, slot: slot, original: plan.displaced.flatMap(\.bytes), box: box)
+        s.byAddress[address] = probe.id
+        return probe
+    }
+
     /// Puts the original instructions back; the slot is retired until `reclaim()`.
     public func remove(_ probe: InstructionProbe) throws(ProbeError) {
         let r: Result<Void, ProbeError> = state.withLock { s in
             guard let rec = s.probes[probe.id], rec.probe == probe else { return .failure(.unknownHook(id: probe.id)) }
-            // A thread meeting the int3 meanwhile runs the slot, which still holds the same code.
-            do throws(ProbeError) { try poker.patch(probe.address, with: rec.original, emulate: .jump(to: rec.slot.address)) } catch { return .failure(error) }
+            do throws(ProbeError) {
+                if probe.isTrap {
+                    // The original byte first; a thread that met the int3 before finds it gone and
+                    // runs the instruction, so the handler's entry can go after.
+                    try poker.write([rec.original[0]], at: probe.address)
+                    Membarrier.synchronize()
+                    _ = cem_trap_probe_remove(UInt64(probe.address))
+                } else {
+                    // A thread meeting the int3 meanwhile runs the slot, which still holds the same code.
+                    try poker.patch(probe.address, with: rec.original, emulate: .jump(to: rec.slot.address))
+                }
+            } catch {
+                return .failure(error)
+            }
             s.probes[probe.id] = nil
             s.byAddress[probe.address] = nil
             s.retired.add(rec.slot, rec.box)

@@ -115,7 +115,8 @@ public final class TextPoker: @unchecked Sendable {
     /// Patches every site in one batch: int3 on each, serialize; the tails, serialize; the first
     /// bytes, serialize. `sweep` moves threads that stand between displaced instructions (see
     /// cem_sweep_threads) once no new thread can enter the sites and before their tails change.
-    public func patch(_ pokes: [Poke], sweep: [(from: UInt, to: UInt)] = []) throws(ProbeError) {
+    /// With `everyThread`, a thread the sweep cannot interrupt (it blocks the signal) fails the patch.
+    public func patch(_ pokes: [Poke], sweep: [(from: UInt, to: UInt)] = [], everyThread: Bool = false) throws(ProbeError) {
         let sorted = pokes.sorted { $0.address < $1.address }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.address + UInt(a.bytes.count) > b.address {
             throw .poke(address: b.address, reason: "overlaps the patch at 0x\(String(a.address, radix: 16))")
@@ -128,8 +129,9 @@ public final class TextPoker: @unchecked Sendable {
             case let .jump(t): cem_poke(address: UInt64(p.address), target: UInt64(t), kind: Int32(CEM_EMULATE_JUMP.rawValue), length: 5)
             }
         }
-        let originals = sorted.map { read($0.bytes.count, at: $0.address) }
         try TextPoker.serialized.withLock { _ throws(ProbeError) in
+            // What to put back if a write fails, read under the lock so no other batch changes it.
+            let originals = sorted.map { read($0.bytes.count, at: $0.address) }
             try table.withUnsafeBufferPointer { (t) throws(ProbeError) in
                 cem_poke_publish(t.baseAddress, t.count)
                 defer { cem_poke_publish(nil, 0) }
@@ -137,7 +139,7 @@ public final class TextPoker: @unchecked Sendable {
                 do throws(ProbeError) {
                     for p in sorted { try write([0xCC], at: p.address); trapped += 1 }
                     Membarrier.synchronize()
-                    if !sweep.isEmpty { try sweepThreads(sweep, at: sorted[0].address) }
+                    if !sweep.isEmpty { try sweepThreads(sweep, at: sorted[0].address, everyThread: everyThread) }
                     for p in sorted where p.bytes.count > 1 { try write(Array(p.bytes.dropFirst()), at: p.address + 1) }
                     Membarrier.synchronize()
                     for p in sorted { try write([p.bytes[0]], at: p.address) }
@@ -158,15 +160,22 @@ public final class TextPoker: @unchecked Sendable {
     /// the /proc/self/mem descriptor's lock.
     private static let serialized = Mutex<Void>(())
 
-    private func sweepThreads(_ moves: [(from: UInt, to: UInt)], at address: UInt) throws(ProbeError) {
+    private func sweepThreads(_ moves: [(from: UInt, to: UInt)], at address: UInt, everyThread: Bool) throws(ProbeError) {
         let table = moves.map { cem_move(from: UInt64($0.from), to: UInt64($0.to)) }
         var r = cem_sweep_result()
-        let status = table.withUnsafeBufferPointer { cem_sweep_threads($0.baseAddress, $0.count, 200, &r) }
-        guard status == 0 else { throw .poke(address: address, reason: "interrupting the other threads failed: \(String(cString: strerror(errno)))") }
+        // A thread that has not run for 10 s (a loaded machine, a stopped process) fails the patch,
+        // which is then rolled back, rather than being assumed out of the way.
+        let status = table.withUnsafeBufferPointer { cem_sweep_threads($0.baseAddress, $0.count, 10_000, &r) }
+        guard status == 0 else {
+            throw .poke(address: address, reason: "interrupting the other threads failed (\(r.answered) of \(r.signalled) answered): \(String(cString: strerror(errno)))")
+        }
+        if everyThread && r.unreachable > 0 {
+            throw .poke(address: address, reason: "\(r.unreachable) threads block the sweep signal and cannot be checked")
+        }
         TextPoker.sweeps.withLock { s in
             s.sweeps += 1
             s.moved += Int(r.moved)
-            s.unreachable += Int(r.unreachable + (r.signalled - r.answered))
+            s.unreachable += Int(r.unreachable)
         }
     }
 

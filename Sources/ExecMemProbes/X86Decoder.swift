@@ -62,7 +62,6 @@ public enum X86Decoder {
             i += 1
         }
         var insn = X86Instruction(length: 0)
-        let opcodeStart = i
         var op = try byte()
         var map = 0  // 0: one-byte, 1: 0F, 2: 0F38, 3: 0F3A
         var hasModRM: Bool
@@ -174,7 +173,6 @@ public enum X86Decoder {
         if insn.branch != nil { insn.branchDisplacementOffset = i }
         i += immediate
         guard i <= bytes.count, i <= 15 else { throw .truncated(at: i) }
-        _ = opcodeStart
         insn.length = i
         return insn
     }

@@ -3,7 +3,7 @@
 //   call cost   a host function compiled with a patchable entry, called in a C loop through a
 //               pointer: unhooked (a twin without the NOP), with its hook disabled (the NOP runs),
 //               hooked with an empty C handler, an empty Swift handler, Swift entry + exit handlers;
-//               and an instruction probe with an empty C handler on a generated function
+//               and jump and trap instruction probes with an empty C handler on a generated function
 //   enable      time to enable 10,000 hooks on generated functions: one text-poke batch for all,
 //               against one poke (three core serializations) per hook
 
@@ -19,8 +19,8 @@ extension Bench {
         let hooks = FunctionHooks(allocator: mem)
         let calls = max(100_000, Int(20_000_000 * scale))
         typealias Empty = @convention(c) () -> Int
-        func perCall(_ f: Empty) -> Double {
-            _ = cem_sample_call_loop(f, 10_000)
+        func perCall(_ f: Empty, calls: Int = calls) -> Double {
+            _ = cem_sample_call_loop(f, min(calls, 10_000))
             var best = Double.infinity
             for _ in 0..<3 {
                 let t = Clock.now
@@ -60,12 +60,19 @@ extension Bench {
         let unprobed = perCall(genFunction)
         let probes = InstructionProbes(allocator: mem)
         let emptyProbe: CProbeHandler = { _, _ in }
-        let p = try probes.probe(gen.address, function: gen.address..<(gen.address + 8), c: emptyProbe)
+        let range = gen.address..<(gen.address + 8)
+        let p = try probes.probe(gen.address, function: range, mode: .jump, c: emptyProbe)
         let probed = perCall(genFunction)
         try probes.remove(p)
-        out.append(BenchResult(benchmark: "probes", figure: "instruction probe hit, empty C handler", unit: "ns/call", value: probed,
+        let trapProbe = try probes.probe(gen.address, function: range, mode: .trap, c: emptyProbe)
+        let trapped = perCall(genFunction, calls: max(1000, calls / 200))  // a signal each
+        try probes.remove(trapProbe)
+        out.append(BenchResult(benchmark: "probes", figure: "instruction probe hit (jump), empty C handler", unit: "ns/call", value: probed,
                                baseline: "the same function unprobed", baselineValue: unprobed, ratio: unprobed / probed,
                                notes: "jmp to the slot, save 16 registers and flags, XSAVE \(InstructionProbes.extendedStateBytes) bytes, call, restore, 2 displaced instructions"))
+        out.append(BenchResult(benchmark: "probes", figure: "instruction probe hit (trap), empty C handler", unit: "ns/call", value: trapped,
+                               baseline: "the same function unprobed", baselineValue: unprobed, ratio: unprobed / trapped,
+                               notes: "int3, SIGTRAP to the slot, then as the jump probe with 1 displaced instruction"))
         hooks.reclaim()
         probes.reclaim()
         try mem.free(gen)

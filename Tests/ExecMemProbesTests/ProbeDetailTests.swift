@@ -55,11 +55,12 @@ import Testing
             }
         }
         for t in threads { t.start() }
-        var placed = 0
+        var placed = 0, traps = 0
         for i in 0..<1000 {
             let a = sites[i % sites.count]
             guard let p = try? probes.probe(a, function: fib, handler: { _, _ in fired.add(1, ordering: .relaxed) }) else { continue }
             placed += 1
+            if p.isTrap { traps += 1 }
             try probes.remove(p)
         }
         stop.store(true, ordering: .relaxed)
@@ -67,7 +68,7 @@ import Testing
         #expect(wrong.load(ordering: .relaxed) == 0)
         #expect(placed > 500 && rounds.load(ordering: .relaxed) > 0 && fired.load(ordering: .relaxed) > 0)
         let sweeps = TextPoker.sweeps.withLock { $0 }
-        print("probes under threads: \(placed) placed and removed, \(rounds.load(ordering: .relaxed)) calls of fib(12), \(fired.load(ordering: .relaxed)) hits; sweeps so far \(sweeps.sweeps), threads moved \(sweeps.moved)")
+        print("probes under threads: \(placed) placed and removed (\(traps) as traps), \(rounds.load(ordering: .relaxed)) calls of fib(12), \(fired.load(ordering: .relaxed)) hits; sweeps so far \(sweeps.sweeps), threads moved \(sweeps.moved)")
         try expectNoWritableExecutable()
     }
 
@@ -105,12 +106,17 @@ import Testing
         }
         try probes.remove(p)
         #expect(throws: ProbeError.unknownHook(id: p.id)) { try probes.remove(p) }
-        // A refusal names the instruction and why: a probe right before a ret cannot displace 5 bytes.
+        // A refusal names the instruction and why: a jump probe right before a ret cannot displace
+        // 5 bytes (the automatic mode makes it a trap probe instead).
         let ret = starts.last { bytes(at: $0, 1) == [0xC3] }!
-        #expect { try probes.probe(ret, function: sum) { _, _ in } } throws: { e in
+        #expect { try probes.probe(ret, function: sum, mode: .jump) { _, _ in } } throws: { e in
             guard case let .refused(_, instruction, reason)? = e as? ProbeError else { return false }
             return instruction == ret && reason.contains("before 5 bytes")
         }
+        let atRet = try probes.probe(ret, function: sum) { _, _ in }
+        #expect(atRet.isTrap && bytes(at: ret, 1) == [0xCC])
+        try probes.remove(atRet)
+        #expect(bytes(at: ret, 1) == [0xC3])
         try expectNoWritableExecutable()
     }
 }

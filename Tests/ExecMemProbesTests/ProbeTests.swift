@@ -12,6 +12,10 @@ import Testing
 
 let probeVariants: [(String, String)] = compilers.flatMap { cc in ["-O0", "-O1", "-O2", "-O3"].map { (cc, $0) } }
 
+/// Jump probes everywhere (safe here: only the test's thread runs the corpus), and the automatic
+/// choice, which makes a trap wherever a jump is refused or other threads cannot be checked.
+let probeModes: [ProbeMode] = [.jump, .automatic]
+
 /// The corpus loaded into a fresh allocator.
 func loadCorpus(_ compiler: String, _ opt: String) throws -> (LoadedModule, ExecMemAllocator, String) {
     let dir = try scratch("execmem-probes")
@@ -32,8 +36,9 @@ func boundaries(_ f: Range<UInt>) -> [UInt] {
 }
 
 @Suite(.enabled(if: !compilers.isEmpty, "needs a C compiler")) struct ProbeTests {
-    @Test(arguments: probeVariants)
-    func everyInstructionOfTheCorpus(compiler: String, opt: String) throws {
+    @Test(arguments: probeVariants, probeModes)
+    func everyInstructionOfTheCorpus(variant: (compiler: String, opt: String), mode: ProbeMode) throws {
+        let (compiler, opt) = variant
         let (module, allocator, dir) = try loadCorpus(compiler, opt)
         defer { module.unload(); try? FileManager.default.removeItem(atPath: dir) }
         typealias Check = @convention(c) () -> Int
@@ -42,7 +47,7 @@ func boundaries(_ f: Range<UInt>) -> [UInt] {
         #expect(check() == expected, "the corpus is deterministic")
         let probes = InstructionProbes(allocator: allocator)
         let fired = Atomic<Int>(0)
-        var installed = 0, firedProbes = 0, refused: [String: Int] = [:]
+        var installed = 0, firedProbes = 0, traps = 0, refused: [String: Int] = [:]
         var firedIn: Set<String> = [], entryFired: Set<String> = [], entryInstalled: Set<String> = []
         let functions = module.functions.filter { $0.name.hasPrefix("corpus_") && $0.size > 0 }
         #expect(functions.count >= 12)
@@ -53,7 +58,7 @@ func boundaries(_ f: Range<UInt>) -> [UInt] {
                 let original = bytes(at: a, 16)
                 let p: InstructionProbe
                 do {
-                    p = try probes.probe(a, function: range) { address, regs in
+                    p = try probes.probe(a, function: range, mode: mode) { address, regs in
                         precondition(address == a && regs.pointee.rip == a)
                         fired.add(1, ordering: .relaxed)
                     }
@@ -65,7 +70,9 @@ func boundaries(_ f: Range<UInt>) -> [UInt] {
                     continue
                 }
                 installed += 1
-                #expect(bytes(at: a, 1) == [0xE9])
+                if p.isTrap { traps += 1 }
+                #expect(mode != .jump || !p.isTrap)
+                #expect(bytes(at: a, 1) == [p.isTrap ? 0xCC : 0xE9])
                 let result = check()
                 #expect(result == expected, "\(f.name)+\(a - f.address) (\(compiler) \(opt)): \(result) != \(expected)")
                 let n = fired.load(ordering: .relaxed)
@@ -86,7 +93,7 @@ func boundaries(_ f: Range<UInt>) -> [UInt] {
             #expect(firedIn.contains { $0.prefix { $0 != "." } == base }, "no probe fired in \(base)")
         }
         #expect(installed > 0 && firedProbes * 2 > installed, "most probes sit on executed code")
-        print("probes \((compiler as NSString).lastPathComponent) \(opt): \(installed) installed, \(firedProbes) fired, refused \(refused.values.reduce(0, +)): \(refused.sorted { $0.key < $1.key })")
+        print("probes \((compiler as NSString).lastPathComponent) \(opt) \(mode): \(installed) installed (\(traps) traps), \(firedProbes) fired, refused \(refused.values.reduce(0, +)): \(refused.sorted { $0.key < $1.key })")
         try expectNoWritableExecutable()
     }
 }

@@ -35,6 +35,12 @@ int cem_probe_install_trap_handler(void);
 /// unpublishes it with (NULL, 0), which returns once no trap handler still reads the old batch.
 void cem_poke_publish(const struct cem_poke *sorted, size_t count);
 
+/// Trap probes: a lasting int3 at `address` sends the thread to `slot` (Linux's plain kprobes; the
+/// slot holds the one displaced instruction). Add before writing the int3; remove after the original
+/// byte is back. Returns 0, or -1 when out of memory.
+int cem_trap_probe_add(uint64_t address, uint64_t slot);
+int cem_trap_probe_remove(uint64_t address);
+
 /// Traps emulated so far, and traps that found their poke already done.
 uint64_t cem_poke_traps(void);
 uint64_t cem_poke_late_traps(void);
@@ -47,15 +53,19 @@ struct cem_move {
 
 struct cem_sweep_result {
     uint64_t signalled;    // threads sent the signal
-    uint64_t answered;     // threads whose handler ran
+    uint64_t answered;     // threads whose handler ran (or that exited meanwhile)
     uint64_t moved;        // threads moved into an out-of-line copy
     uint64_t unreachable;  // threads that block the signal (libdispatch workers do)
 };
 
 /// Interrupts every other thread of the process once with a signal and applies `moves` to the ones
-/// that stand at a `from` address; waits up to `timeout_ms` for their answers. Threads that block
-/// the signal cannot be reached and are counted. Returns 0, or -1 with errno set.
+/// that stand at a `from` address, waiting until each has answered or exited. Threads that block
+/// the signal cannot be reached and are counted. Returns 0, or -1 with errno set (ETIMEDOUT when a
+/// thread did not answer within `timeout_ms`: the caller must not go on as if it had).
 int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, struct cem_sweep_result *result);
+
+/// Other threads that block the sweep signal right now (-1 when /proc/self/task cannot be read).
+int cem_threads_blocking_sweep(void);
 
 /// Exit hooks: push the caller's return address (with the hook) on entry (0 when the shadow stack is
 /// full: the exit then goes unreported); pop it on return, which also calls
