@@ -204,19 +204,33 @@ static int blocks_sweep(pid_t tid) {
     return blocked;
 }
 
-int cem_threads_blocking_sweep(void) {
+/// The process's other threads: those that can take the sweep signal go into `reachable` (when
+/// given, at most `max`), those that block it are counted in *blocking. Returns -1 with errno set
+/// when /proc/self/task cannot be read or there are more than `max` threads.
+static int other_threads(pid_t *reachable, size_t max, size_t *count, uint64_t *blocking) {
     pid_t self = (pid_t)syscall(SYS_gettid);
     DIR *dir = opendir("/proc/self/task");
     if (!dir) return -1;
-    int n = 0;
+    *count = 0;
+    *blocking = 0;
     struct dirent *e;
     while ((e = readdir(dir))) {
         if (e->d_name[0] == '.') continue;
         pid_t tid = (pid_t)atoi(e->d_name);
-        if (tid != self && blocks_sweep(tid)) n++;
+        if (tid == self) continue;
+        if (blocks_sweep(tid)) { (*blocking)++; continue; }
+        if (!reachable) continue;
+        if (*count == max) { closedir(dir); errno = E2BIG; return -1; }
+        reachable[(*count)++] = tid;
     }
     closedir(dir);
-    return n;
+    return 0;
+}
+
+int cem_threads_blocking_sweep(void) {
+    size_t count;
+    uint64_t blocking;
+    return other_threads(NULL, 0, &count, &blocking) == 0 ? (int)blocking : -1;
 }
 
 int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms, struct cem_sweep_result *result) {
@@ -230,25 +244,13 @@ int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms
         if (sigaction(SWEEP_SIGNAL, &sa, NULL) != 0) { atomic_store(&sweep_installed, 0); return -1; }
     }
     memset(result, 0, sizeof *result);
-    pid_t self = (pid_t)syscall(SYS_gettid), pid = getpid();
+    pid_t pid = getpid();
     // The threads to ask, before any signal goes out (the handler reads the list).
     atomic_store(&sweep_threads, 0);
     uint64_t generation = atomic_fetch_add(&sweep_generation, 1) + 1;
-    DIR *dir = opendir("/proc/self/task");
-    if (!dir) return -1;
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir))) {
-        if (e->d_name[0] == '.') continue;
-        pid_t tid = (pid_t)atoi(e->d_name);
-        if (tid == self) continue;
-        if (blocks_sweep(tid)) { result->unreachable++; continue; }
-        if (n == SWEEP_MAX_THREADS) { closedir(dir); errno = E2BIG; return -1; }
-        sweep_tids[n] = tid;
-        atomic_store(&sweep_answered[n], 0);
-        n++;
-    }
-    closedir(dir);
+    size_t n;
+    if (other_threads(sweep_tids, SWEEP_MAX_THREADS, &n, &result->unreachable) != 0) return -1;
+    for (size_t i = 0; i < n; i++) atomic_store(&sweep_answered[i], 0);
     atomic_store(&sweep_threads, n);
     atomic_store(&sweep_moved, 0);
     atomic_store(&sweep_count, count);
