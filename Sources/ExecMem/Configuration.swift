@@ -5,8 +5,9 @@
 /// Where a range is placed.
 public enum Placement: Sendable, Codable, Equatable {
     /// Within +/-2 GiB of the host executable's image, at a random 2 MiB-aligned base, so generated
-    /// code reaches host functions with `call rel32`. If no such hole exists, the range goes anywhere
-    /// and the allocator's report says so.
+    /// code reaches host functions with `call rel32`. If no hole of the full size is left in reach
+    /// (another allocator took it, say), the range shrinks to the largest hole in reach of at least
+    /// 8 MiB; below that it goes anywhere. The allocator's notes and `primarySize` say which.
     case nearExecutable
     /// Within +/-2 GiB of every byte of `[start, end)` (a shared library's image, say), at a random
     /// 2 MiB-aligned base; an error when no hole fits.

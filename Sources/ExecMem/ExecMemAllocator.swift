@@ -43,9 +43,9 @@ public final class ExecMemAllocator: Sendable {
         let placed = try RangePlacer.place(size: configuration.rangeSize, placement: configuration.placement,
                                            backend: self.backend, rng: &rng)
         primaryBase = placed.base
-        primarySize = configuration.rangeSize
+        primarySize = placed.size
         hostImage = HostImage.current()
-        pool = Mutex(Pool(ranges: [RangeState(index: 0, base: placed.base, size: configuration.rangeSize, note: placed.note)]))
+        pool = Mutex(Pool(ranges: [RangeState(index: 0, base: placed.base, size: placed.size, note: placed.note)]))
         arenas = ExecMemType.allCases.map { t in
             var s = ArenaState(type: t, slotsPerRange: max(configuration.rangeSize, configuration.fallbackSize) >> ExecMemGeometry.blockShift)
             return Arena(s)
@@ -157,8 +157,11 @@ public final class ExecMemAllocator: Sendable {
     }
 
     private func rangeNames(_ choice: RangeChoice) -> String {
-        rangeOrder(choice).map { $0 == 0 ? "the primary range (\(primarySize) bytes)" : "the fallback range (\(configuration.fallbackSize) bytes)" }
-            .joined(separator: " and ")
+        let sizes = pool.withLock { p in p.ranges.map(\.size) }
+        return rangeOrder(choice).map { r in
+            let size = r < sizes.count ? sizes[r] : configuration.fallbackSize
+            return "the \(r == 0 ? "primary" : "fallback") range (\(size) bytes)"
+        }.joined(separator: " and ")
     }
 
     /// Claims slots and commits a run; returns its id, or nil when the range has no room.
@@ -171,7 +174,7 @@ public final class ExecMemAllocator: Sendable {
                 do throws(ExecMemError) {
                     let placed = try RangePlacer.place(size: configuration.fallbackSize, placement: configuration.fallbackPlacement,
                                                        backend: backend, rng: &rng)
-                    p.ranges.append(RangeState(index: 1, base: placed.base, size: configuration.fallbackSize, note: placed.note))
+                    p.ranges.append(RangeState(index: 1, base: placed.base, size: placed.size, note: placed.note))
                     p.notes.append("fallback range reserved at \(hex(placed.base)): \(placed.note)")
                 } catch {
                     p.fallbackFailed = error.description

@@ -2,7 +2,10 @@
 // host functions with a plain `call rel32` (LuaJIT, V8 and .NET place code the same way), at a random
 // 2 MiB-aligned base among the holes /proc/self/maps shows. The reach condition: the span from the
 // lowest to the highest byte of range and image together stays below 2^31, so every displacement
-// between the two fits a signed 32-bit field.
+// between the two fits a signed 32-bit field. When no hole of the asked size is left in reach (several
+// allocators in one process, a crowded address space), the default placement keeps reach and gives up
+// size: it takes the largest hole in reach of at least `minimumNearSize`, and only below that goes
+// anywhere. Reach is the property callers build on; overflow goes to the fallback range.
 
 import ExecMemSystem
 
@@ -64,17 +67,30 @@ enum RangePlacer {
     static let heapHeadroom: UInt = 256 << 20
     /// Lowest address considered (above mmap_min_addr and the null page region).
     static let lowest: UInt = 1 << 24
+    /// The smallest range the default placement shrinks to before giving up reach: one block per type.
+    static let minimumNearSize = 4 * ExecMemGeometry.blockSize
+
+    /// Where a range went, how large it is (the default placement may shrink it), and why.
+    struct Placed {
+        let base: UInt
+        let size: Int
+        let note: String
+    }
 
     /// Reserves a range and says where and why.
     static func place(size: Int, placement: Placement, backend: any ExecMemBackend,
-                      rng: inout some RandomNumberGenerator) throws(ExecMemError) -> (base: UInt, note: String) {
+                      rng: inout some RandomNumberGenerator) throws(ExecMemError) -> Placed {
+        func anywhere(_ why: String) throws(ExecMemError) -> Placed {
+            Placed(base: try backend.reserve(size: size, at: nil), size: size, note: why)
+        }
         switch placement {
         case .anywhere:
-            return (try backend.reserve(size: size, at: nil), "anywhere (kernel's choice)")
+            return try anywhere("anywhere (kernel's choice)")
         case let .hint(address):
             let aligned = (address + block - 1) & ~(block - 1)
             do throws(ExecMemError) {
-                return (try backend.reserve(size: size, at: aligned), "at the caller's hint \(hex(aligned))")
+                return Placed(base: try backend.reserve(size: size, at: aligned), size: size,
+                              note: "at the caller's hint \(hex(aligned))")
             } catch {
                 throw .placementFailed("cannot reserve \(size) bytes at the hint \(hex(aligned)): \(error)")
             }
@@ -84,27 +100,45 @@ enum RangePlacer {
                 let target = HostImage(path: "target", start: start, end: end, textStart: start, textEnd: end)
                 if let base = pick(nearCandidates(size: size, image: target, maps: maps), &rng),
                    let got = try? backend.reserve(size: size, at: base) {
-                    return (got, "within rel32 of \(hex(start))-\(hex(end)) (random base)")
+                    return Placed(base: got, size: size, note: "within rel32 of \(hex(start))-\(hex(end)) (random base)")
                 }
             }
             throw .placementFailed("no hole of \(size) bytes within rel32 reach of \(hex(start))-\(hex(end))")
         case .nearExecutable:
             for _ in 0..<8 {
                 guard let maps = try? ProcMaps.read(), let image = HostImage.find(in: maps) else {
-                    return (try backend.reserve(size: size, at: nil), "anywhere: the executable's mappings were not found")
+                    return try anywhere("anywhere: the executable's mappings were not found")
                 }
-                let candidates = nearCandidates(size: size, image: image, maps: maps)
+                var want = size
+                var candidates = nearCandidates(size: want, image: image, maps: maps)
+                if candidates.isEmpty, let fit = largestNearFit(atMost: size, image: image, maps: maps) {
+                    want = fit
+                    candidates = nearCandidates(size: want, image: image, maps: maps)
+                }
                 guard let base = pick(candidates, &rng) else {
-                    return (try backend.reserve(size: size, at: nil),
-                            "anywhere: no hole of \(size) bytes within rel32 reach of \(image.path)")
+                    return try anywhere("anywhere: no hole of even \(minimumNearSize >> 20) MiB within rel32 reach of \(image.path)")
                 }
-                if let got = try? backend.reserve(size: size, at: base) {
-                    return (got, "within rel32 of the executable (random base)")
+                if let got = try? backend.reserve(size: want, at: base) {
+                    let note = want == size ? "within rel32 of the executable (random base)"
+                        : "within rel32 of the executable, \(want >> 20) MiB of the \(size >> 20) MiB asked: the largest hole left in reach"
+                    return Placed(base: got, size: want, note: note)
                 }
                 // Raced with another mapping: read the maps again.
             }
-            return (try backend.reserve(size: size, at: nil), "anywhere: placement near the executable kept failing")
+            return try anywhere("anywhere: placement near the executable kept failing")
         }
+    }
+
+    /// The largest size, a multiple of 2 MiB in `[minimumNearSize, limit)`, with a hole in reach of
+    /// the image; nil when not even the minimum fits. Fitting is monotonic in size, so a binary search.
+    static func largestNearFit(atMost limit: Int, image: HostImage, maps: [MapsEntry]) -> Int? {
+        var lo = minimumNearSize / Int(block), hi = limit / Int(block) - 1
+        guard lo <= hi, !nearCandidates(size: lo * Int(block), image: image, maps: maps).isEmpty else { return nil }
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if nearCandidates(size: mid * Int(block), image: image, maps: maps).isEmpty { hi = mid - 1 } else { lo = mid }
+        }
+        return lo * Int(block)
     }
 
     /// A random base among the candidates, or nil when there are none.
