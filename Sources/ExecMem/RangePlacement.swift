@@ -116,7 +116,7 @@ enum RangePlacer {
                     candidates = nearCandidates(size: want, image: image, maps: maps)
                 }
                 guard let base = pick(candidates, &rng) else {
-                    return try anywhere("anywhere: no hole of even \(minimumNearSize >> 20) MiB within rel32 reach of \(image.path)")
+                    return try anywhere("anywhere: no hole of even \(min(size, minimumNearSize) >> 20) MiB within rel32 reach of \(image.path)")
                 }
                 if let got = try? backend.reserve(size: want, at: base) {
                     let note = want == size ? "within rel32 of the executable (random base)"
