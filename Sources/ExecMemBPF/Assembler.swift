@@ -1,8 +1,9 @@
 // The assembly dialect of the eBPF conformance suite (../shared/bpf-conformance/README.md), so its
 // `.data` files run as they are: `mov %r0, 1`, `ldxw %r0, [%r1+4]`, `jne %r0, 15, label`,
-// `lock fetch add [%r10-8], %r1`, `call local func`, `call %r2`. Numbers are decimal or hex and wrap
-// to the field's width; a jump target is a label or `+N`/`-N`; the first `exit` is also the label
-// `exit`.
+// `lock fetch add [%r10-8], %r1`, `call local func`, `call %r2`; maps as Linux's pseudo loads,
+// `lddw %r1, map[0]` (src 1) and `lddw %r1, map[0]+8` (src 2, a pointer into the map's value).
+// Numbers are decimal or hex and wrap to the field's width; a jump target is a label or `+N`/`-N`;
+// the first `exit` is also the label `exit`.
 
 public enum BPFAssembler {
     static let aluOps: [String: UInt8] = [
@@ -135,6 +136,14 @@ public enum BPFAssembler {
             }
         case "lddw":
             try count(2)
+            if ops[1].hasPrefix("map[") {  // map[N] (src 1) or map[N]+offset (src 2)
+                let body = ops[1].dropFirst(4)
+                guard let close = body.firstIndex(of: "]"), let n = Int32(body[..<close]) else { throw fail("bad map reference '\(ops[1])'") }
+                let rest = String(body[body.index(after: close)...]).trimmed
+                if rest.isEmpty { return [BPFInstruction(opcode: BPF.LDDW, dst: try reg(ops[0]), src: 1, imm: n), BPFInstruction(opcode: 0)] }
+                guard rest.hasPrefix("+"), let off = UInt32(rest.dropFirst()) else { throw fail("bad map value offset '\(rest)'") }
+                return [BPFInstruction(opcode: BPF.LDDW, dst: try reg(ops[0]), src: 2, imm: n), BPFInstruction(opcode: 0, imm: Int32(bitPattern: off))]
+            }
             guard let v = parseNumber(ops[1]) else { throw fail("bad immediate '\(ops[1])'") }
             let u = UInt64(bitPattern: v)
             return [BPFInstruction(opcode: BPF.LDDW, dst: try reg(ops[0]), imm: Int32(truncatingIfNeeded: u)),

@@ -33,57 +33,77 @@ public final class BPFVM: @unchecked Sendable {
 
     public var helpers: [Int32: BPFHelper] { state.withLock { $0 } }
 
-    /// Verifies and loads a program. `maps` are the maps its `lddw` immediates may name.
-    public func load(_ instructions: [BPFInstruction], name: String = "program", maps: [BPFMap] = []) throws(BPFError) -> BPFProgram {
+    /// Verifies and loads a program. `maps` are the maps its `lddw map[N]` references name (by
+    /// index); `budget` is what each run may spend unless the run says otherwise (see `run`).
+    /// - Throws: `BPFError.verifier` naming the instruction the verifier rejected.
+    public func load(_ instructions: [BPFInstruction], name: String = "program", maps: [BPFMap] = [],
+                     budget: UInt64 = BPFProgram.defaultBudget) throws(BPFError) -> BPFProgram {
         let helpers = self.helpers
-        let functions = try BPFVerifier(helpers: Set(helpers.keys)).verify(instructions)
-        return BPFProgram(vm: self, name: name, instructions: instructions, functions: functions, helpers: helpers, maps: maps)
+        let verified = try BPFVerifier(helpers: helpers, maps: maps).verify(instructions)
+        return BPFProgram(vm: self, name: name, verified: verified, helpers: helpers, maps: maps, budget: budget)
     }
 
     /// Assembles, verifies and loads conformance-dialect source.
-    public func load(assembly: String, name: String = "program") throws(BPFError) -> BPFProgram {
-        try load(try BPFAssembler.assemble(assembly), name: name)
+    public func load(assembly: String, name: String = "program", maps: [BPFMap] = [],
+                     budget: UInt64 = BPFProgram.defaultBudget) throws(BPFError) -> BPFProgram {
+        try load(try BPFAssembler.assemble(assembly), name: name, maps: maps, budget: budget)
     }
 }
 
 /// A verified program: runs on the interpreter, or on x86-64 code the JIT wrote into packed BPF-kind
 /// text of the allocator (compiled on first use, freed, and trap-filled, with the program).
+///
+/// Thread-safe: any number of threads may run it at once (each run has its own stack and context);
+/// its maps are shared by those runs. It keeps its maps and its JIT code alive.
 public final class BPFProgram: @unchecked Sendable {
+    /// Budget units a run gets unless told otherwise: Linux's limit of 1,000,000 instructions.
+    public static let defaultBudget = UInt64(BPFVerifier.maxInstructions)
+
     public let name: String
-    public let instructions: [BPFInstruction]
+    /// What the verifier proved; both engines run it.
+    public let verified: BPFVerifiedProgram
+    /// The instructions as loaded.
+    public var instructions: [BPFInstruction] { verified.instructions }
     /// First instruction of each function; 0 is the entry.
-    public let functions: [Int]
+    public var functions: [Int] { verified.functions }
+    /// Budget units each run gets by default. Entering main costs its length, a local call the
+    /// callee's length, and a jump back to a loop header the length of the loop, so a run executes at
+    /// most this many instructions; one that would need more stops with a runtime error.
+    public let budget: UInt64
     let helpers: [Int32: BPFHelper]
     public let maps: [BPFMap]
     let mapsByHandle: [UInt: BPFMap]
-    /// Memory besides the stack and context that the program may address: its maps' value slabs.
+    /// Each map's value slab, by map index.
     let regions: [MemoryRegion]
     let vm: BPFVM
     private let compiled = Mutex<JITCode?>(nil)
 
-    init(vm: BPFVM, name: String, instructions: [BPFInstruction], functions: [Int], helpers: [Int32: BPFHelper], maps: [BPFMap]) {
+    init(vm: BPFVM, name: String, verified: BPFVerifiedProgram, helpers: [Int32: BPFHelper], maps: [BPFMap], budget: UInt64) {
         self.vm = vm
         self.name = name
-        self.instructions = instructions
-        self.functions = functions
+        self.verified = verified
         self.helpers = helpers
         self.maps = maps
+        self.budget = budget
         mapsByHandle = Dictionary(maps.map { ($0.handle, $0) }, uniquingKeysWith: { a, _ in a })
         regions = maps.map(\.region)
     }
 
     /// Runs the program with r1 = the memory's address and r2 = its length; returns r0.
-    public func run(memory: UnsafeMutableRawBufferPointer? = nil, engine: BPFEngine = .jit) throws(BPFError) -> UInt64 {
+    /// - Parameter budget: units this run may spend (the program's `budget` when nil).
+    /// - Throws: `BPFError.runtime` naming the instruction when the run faults (an access outside its
+    ///   region, a helper refusing its arguments, calls nested too deep, the budget exhausted).
+    public func run(memory: UnsafeMutableRawBufferPointer? = nil, engine: BPFEngine = .jit, budget: UInt64? = nil) throws(BPFError) -> UInt64 {
         switch engine {
-        case .interpreter: return try interpret(memory: memory)
-        case .jit: return try jitCode().run(self, memory: memory)
+        case .interpreter: return try interpret(memory: memory, budget: budget ?? self.budget)
+        case .jit: return try jitCode().run(self, memory: memory, budget: budget ?? self.budget)
         }
     }
 
     /// Runs over a copy of `bytes` (the context the program sees and may change).
-    public func run(bytes: [UInt8], engine: BPFEngine = .jit) throws(BPFError) -> UInt64 {
+    public func run(bytes: [UInt8], engine: BPFEngine = .jit, budget: UInt64? = nil) throws(BPFError) -> UInt64 {
         var copy = bytes
-        let r = copy.withUnsafeMutableBytes { b in Result { () throws(BPFError) in try run(memory: b.count == 0 ? nil : b, engine: engine) } }
+        let r = copy.withUnsafeMutableBytes { b in Result { () throws(BPFError) in try run(memory: b.count == 0 ? nil : b, engine: engine, budget: budget) } }
         return try r.get()
     }
 
@@ -116,7 +136,7 @@ public final class BPFProgram: @unchecked Sendable {
     /// Runs a copy of this program's JIT code placed at `address` (position-independent programs
     /// only: no helper calls). For the page-per-program baseline of `execmem bench`.
     @_spi(Benchmark) public func runCopy(at address: UInt, memory: UnsafeMutableRawBufferPointer? = nil) throws(BPFError) -> UInt64 {
-        try jitCode().run(self, memory: memory, at: address)
+        try jitCode().run(self, memory: memory, budget: budget, at: address)
     }
 
     /// The JIT code's allocation, once compiled.

@@ -48,6 +48,8 @@ public enum BPFDisassembler {
         case BPF.LD:
             guard i.opcode == BPF.LDDW else { return unknown(i) }
             let hi = UInt64(UInt32(bitPattern: next?.imm ?? 0))
+            if i.src == 1 { return "lddw \(r(i.dst)), map[\(i.imm)]" }
+            if i.src == 2 { return "lddw \(r(i.dst)), map[\(i.imm)]+\(hi)" }
             return "lddw \(r(i.dst)), 0x\(String(hi << 32 | UInt64(UInt32(bitPattern: i.imm)), radix: 16))"
         case BPF.LDX:
             let mode = i.opcode & 0xE0

@@ -2,9 +2,10 @@
 // sections, functions in `.text` reached by local calls, maps declared in a `maps` section
 // (`struct bpf_map_def`), and `.rodata`/`.data`/`.bss` turned into one-element array maps.
 //
-// Linking happens here, so the engines see plain instructions: an `lddw` relocated against a map
-// loads the map's handle, one against data loads the data's address (Linux's BPF_PSEUDO_MAP_VALUE),
-// and a call relocated against a function becomes a local call to where that function now lies.
+// Linking happens here as Linux's loader does it: an `lddw` relocated against a map becomes
+// `lddw map[N]` (src 1, BPF_PSEUDO_MAP_FD with N the map's index), one against data becomes
+// `lddw map[N]+offset` (src 2, BPF_PSEUDO_MAP_VALUE), and a call relocated against a function becomes
+// a local call to where that function now lies. The verifier resolves the map references.
 //
 //   program = [ entry trampoline (when the entry is not first) ][ entry section ][ .text ]
 
@@ -99,19 +100,21 @@ extension BPFVM {
                     guard code[at].opcode == BPF.LDDW, at + 1 < code.count else {
                         throw .link(section: s.name, offset: Int(r.offset), reason: "R_BPF_64_64 on an instruction that is not lddw")
                     }
-                    let value: UInt64
+                    // Linux's pseudo loads: src 1 = the map, src 2 = a pointer into the map's value.
                     if let m = mapBySymbol[sym.index] {
-                        value = UInt64(m.handle)
+                        code[at].src = 1
+                        code[at].imm = Int32(maps.firstIndex { $0 === m }!)
+                        code[at + 1].imm = 0
                     } else if let m = dataMap[Int(sym.sectionIndex)] {
                         let addend = UInt64(UInt32(bitPattern: code[at].imm)) | UInt64(UInt32(bitPattern: code[at + 1].imm)) << 32
-                        let off = sym.value &+ addend
-                        guard off <= UInt64(m.valueSize) else { throw .link(section: s.name, offset: Int(r.offset), reason: "offset \(off) past the end of \(m.name)") }
-                        value = UInt64(UInt(bitPattern: m.values)) + off
+                        let (off, overflow) = sym.value.addingReportingOverflow(addend)
+                        guard !overflow, off <= UInt64(m.valueSize) else { throw .link(section: s.name, offset: Int(r.offset), reason: "offset \(off) past the end of \(m.name)") }
+                        code[at].src = 2
+                        code[at].imm = Int32(maps.firstIndex { $0 === m }!)
+                        code[at + 1].imm = Int32(truncatingIfNeeded: off)
                     } else {
                         throw .link(section: s.name, offset: Int(r.offset), reason: "lddw of '\(sym.name)', which is neither a map nor in a data section")
                     }
-                    code[at].imm = Int32(truncatingIfNeeded: value)
-                    code[at + 1].imm = Int32(truncatingIfNeeded: value >> 32)
                 case 10:  // R_BPF_64_32: a call to a function
                     guard code[at].opcode == BPF.JMP | BPF.CALL, code[at].src == BPF.callLocal else {
                         throw .link(section: s.name, offset: Int(r.offset), reason: "R_BPF_64_32 on an instruction that is not a local call")

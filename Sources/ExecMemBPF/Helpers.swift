@@ -8,6 +8,43 @@ import Synchronization
 
 public typealias BPFHelperFunction = @convention(c) (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64
 
+/// What a helper takes and returns, as the verifier checks it at every call site (Linux's
+/// `bpf_func_proto`). Arguments are r1, r2, ... in order; the registers after the last are not read.
+public struct BPFHelperPrototype: Sendable, Equatable {
+    public enum Argument: Sendable, Equatable {
+        /// Any initialized value. A stack pointer passed this way makes the verifier assume the helper
+        /// may read and write the whole stack.
+        case value
+        /// A map, as `lddw map[N]` loads it.
+        case map
+        /// A pointer to a key of the map argument before it (its key size, proven in bounds).
+        case mapKey
+        /// A pointer to a value of the map argument before it (its value size, proven in bounds).
+        case mapValue
+    }
+
+    public enum Result: Sendable, Equatable {
+        /// A number the program cannot dereference.
+        case number
+        /// A pointer to a value of the map argument, or 0: the program must test it before using it.
+        case mapValueOrNull
+    }
+
+    public var arguments: [Argument]
+    public var result: Result
+
+    public init(arguments: [Argument], result: Result = .number) {
+        precondition(arguments.count <= 5, "helpers take at most five arguments (r1-r5)")
+        self.arguments = arguments
+        self.result = result
+    }
+
+    /// `count` arguments of any value, returning a number: what a host helper is unless it says more.
+    public static func values(_ count: Int) -> BPFHelperPrototype { BPFHelperPrototype(arguments: Array(repeating: .value, count: count)) }
+}
+
+/// A helper: a host function a program calls by number, with the prototype the verifier checks.
+/// Immutable and `Sendable`; a Swift closure helper stays registered for the life of the process.
 public struct BPFHelper: Sendable {
     public enum Implementation: Sendable {
         case c(BPFHelperFunction)
@@ -19,17 +56,24 @@ public struct BPFHelper: Sendable {
     /// When the helper returns 0 the program stops at once with r0 = 0 (the conformance suite's
     /// "unwind" helper, Linux's bpf_tail_call in spirit).
     public let unwindsOnZero: Bool
+    /// What the verifier checks at each call.
+    public let prototype: BPFHelperPrototype
     /// For Swift closures: the index the dispatcher finds it by.
     let swiftIndex: Int
 
-    /// A C function, which JIT code calls directly.
-    public init(name: String, unwindsOnZero: Bool = false, c function: BPFHelperFunction) {
+    /// A C function, which JIT code calls directly. `arguments`: how many of r1-r5 it reads (each
+    /// must be initialized at the call), or a full `prototype`.
+    public init(name: String, arguments: Int = 5, prototype: BPFHelperPrototype? = nil, unwindsOnZero: Bool = false,
+                c function: BPFHelperFunction) {
         self.name = name; self.unwindsOnZero = unwindsOnZero; implementation = .c(function); swiftIndex = -1
+        self.prototype = prototype ?? .values(arguments)
     }
 
     /// A Swift closure, which JIT code reaches through one C dispatcher.
-    public init(name: String, unwindsOnZero: Bool = false, swift body: @escaping @Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64) {
+    public init(name: String, arguments: Int = 5, prototype: BPFHelperPrototype? = nil, unwindsOnZero: Bool = false,
+                swift body: @escaping @Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64) {
         self.name = name; self.unwindsOnZero = unwindsOnZero; implementation = .swift(body)
+        self.prototype = prototype ?? .values(arguments)
         swiftIndex = SwiftHelperTable.register(body)
     }
 
@@ -85,7 +129,7 @@ enum MapHelpers {
 
     /// Checks that `[address, + size)` is accessible; faults the run otherwise.
     static func check(_ run: RunContext, _ address: UInt64, _ size: Int, _ what: String, _ helper: String) -> UnsafeMutableRawPointer? {
-        guard run.accessible(address, size, write: false), let p = UnsafeMutableRawPointer(bitPattern: UInt(address)) else {
+        guard run.accessible(address, size), let p = UnsafeMutableRawPointer(bitPattern: UInt(address)) else {
             run.helperMessage = "\(helper): \(what) pointer 0x\(String(address, radix: 16)) (\(size) bytes) is not accessible memory"
             run.set(.fault, RunFault.helperFault.rawValue)
             return nil
@@ -113,8 +157,8 @@ enum MapHelpers {
     }
 
     static let builtins: [Int32: BPFHelper] = [
-        1: BPFHelper(name: "bpf_map_lookup_elem", c: lookup),
-        2: BPFHelper(name: "bpf_map_update_elem", c: update),
-        3: BPFHelper(name: "bpf_map_delete_elem", c: delete),
+        1: BPFHelper(name: "bpf_map_lookup_elem", prototype: BPFHelperPrototype(arguments: [.map, .mapKey], result: .mapValueOrNull), c: lookup),
+        2: BPFHelper(name: "bpf_map_update_elem", prototype: BPFHelperPrototype(arguments: [.map, .mapKey, .mapValue, .value]), c: update),
+        3: BPFHelper(name: "bpf_map_delete_elem", prototype: BPFHelperPrototype(arguments: [.map, .mapKey]), c: delete),
     ]
 }

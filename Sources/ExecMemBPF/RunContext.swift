@@ -2,61 +2,62 @@
 // JIT code reads the same facts from `block`, a C-layout array of 64-bit fields at fixed offsets
 // (the `Field` cases), through a callee-saved register.
 //
-//   accessible memory   the program's stack (8 frames of 512 bytes, in its own buffer, never the
-//                       native stack, so no return address is ever in reach), the context memory
-//                       (r1, r2), and the regions of the program's maps (value slabs, data sections)
+//   regions   the stack (8 frames of 512 bytes in a buffer of its own, never the native stack, so
+//             no return address is ever in reach), the context memory (r1, r2), and the value slabs
+//             of the program's maps
+//   budget    units left; entering main, each local call and each back edge charge what the
+//             verifier decided (BPFDecoded.charge), and a run that cannot pay stops
 //
-// Helpers find the run they serve through a thread-local pointer, to check a map handle and the
-// pointers a program passes them.
+// The one access rule, `allows`, is what the interpreter checks, what the JIT's inline checks
+// encode, and what helpers use: an access may touch only the region its pointer was derived from.
+// Helpers find the run they serve through a thread-local pointer.
 
 import Glibc
 
-public struct MemoryRegion: Sendable, Equatable {
-    public var start: UInt
-    public var end: UInt
-    public var writable: Bool
-
-    func contains(_ address: UInt, _ size: Int, write: Bool) -> Bool {
-        address >= start && address <= end &- UInt(size) && end >= UInt(size) && (writable || !write)
-    }
-}
-
 /// Why a run stopped early.
-public enum RunFault: UInt64, Sendable {
+enum RunFault: UInt64, Sendable {
     case none = 0
     case outOfBounds = 1
     case unknownHelper = 2
     case callDepth = 3
     case misalignedAtomic = 4
     case helperFault = 5
+    case budget = 6
+    case unreachable = 7
+    case proofViolated = 8
 }
 
 final class RunContext {
     enum Field: Int {
-        case entryRsp = 0, fault, faultIndex, faultAddress, faultSize
-        case stackLo, stackHi, stackHiMinus1, stackHiMinus2, stackHiMinus4, stackHiMinus8
-        case memLo, memHiMinus1, memHiMinus2, memHiMinus4, memHiMinus8
-        case unwound, selfPointer, callFloor
+        case entryRsp = 0, fault, faultIndex, faultAddress, faultFrame
+        case stackHi, stackLimit1, stackLimit2, stackLimit4, stackLimit8
+        case memLo, memLen, memLimit1, memLimit2, memLimit4, memLimit8
+        case unwound, selfPointer, callFloor, budget, spill
         static let count = 24
         var offset: Int32 { Int32(rawValue * 8) }
+
+        /// `stackHi - size`: the highest address an access of `size` bytes may start at.
+        static func stackLimit(_ size: Int) -> Field { [1: .stackLimit1, 2: .stackLimit2, 4: .stackLimit4][size] ?? .stackLimit8 }
+        /// `len - size + 1` (0 when `size` bytes do not fit): context offsets below it are allowed.
+        static func memLimit(_ size: Int) -> Field { [1: .memLimit1, 2: .memLimit2, 4: .memLimit4][size] ?? .memLimit8 }
     }
 
     let block: UnsafeMutablePointer<UInt64>
     let stack: UnsafeMutableRawPointer
     static let stackBytes = BPF.stackSize * BPF.maxCallDepth
-    var memory = MemoryRegion(start: 0, end: 0, writable: true)
     var program: BPFProgram?
+    var budget: UInt64 = 0
     var helperMessage: String?
 
     init() {
         block = UnsafeMutablePointer<UInt64>.allocate(capacity: Field.count)
         block.initialize(repeating: 0, count: Field.count)
-        stack = UnsafeMutableRawPointer.allocate(byteCount: Self.stackBytes, alignment: 16)
-        let lo = UInt(bitPattern: stack), hi = lo + UInt(Self.stackBytes)
-        set(.stackLo, UInt64(lo)); set(.stackHi, UInt64(hi))
-        for (f, n) in [(Field.stackHiMinus1, 1), (.stackHiMinus2, 2), (.stackHiMinus4, 4), (.stackHiMinus8, 8)] { set(f, UInt64(hi) - UInt64(n)) }
+        stack = UnsafeMutableRawPointer.allocate(byteCount: Self.stackBytes, alignment: 64)
+        let hi = UInt64(UInt(bitPattern: stack)) + UInt64(Self.stackBytes)
+        set(.stackHi, hi)
+        for n in [1, 2, 4, 8] { set(.stackLimit(n), hi - UInt64(n)) }
         // A local call may go one frame deeper only while r10 stays above this.
-        set(.callFloor, UInt64(lo) + UInt64(BPF.stackSize))
+        set(.callFloor, UInt64(UInt(bitPattern: stack)) + UInt64(BPF.stackSize))
         set(.selfPointer, UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())))
     }
 
@@ -68,49 +69,95 @@ final class RunContext {
     @inline(__always) func get(_ f: Field) -> UInt64 { block[f.rawValue] }
     @inline(__always) func set(_ f: Field, _ v: UInt64) { block[f.rawValue] = v }
 
-    /// Prepares for a run of `program` over `memory`.
-    func begin(_ program: BPFProgram, memory: UnsafeMutableRawBufferPointer?) {
+    var stackTop: UInt64 { self.get(.stackHi) }
+
+    /// Prepares a run of `program` over `memory` with `budget` units; false (with the fault set)
+    /// when the budget does not cover main's entry.
+    func begin(_ program: BPFProgram, memory: UnsafeMutableRawBufferPointer?, budget: UInt64) -> Bool {
         self.program = program
         helperMessage = nil
-        let lo = UInt(bitPattern: memory?.baseAddress), hi = lo + UInt(memory?.count ?? 0)
-        self.memory = MemoryRegion(start: lo, end: hi, writable: true)
-        set(.memLo, UInt64(lo))
-        for (f, n) in [(Field.memHiMinus1, 1), (.memHiMinus2, 2), (.memHiMinus4, 4), (.memHiMinus8, 8)] {
-            // With less than n bytes no access of n bytes fits: make the range empty.
-            set(f, hi - lo >= UInt(n) ? UInt64(hi) - UInt64(n) : 0)
-        }
-        if lo == 0 { set(.memLo, UInt64.max) }
+        self.budget = budget
+        let lo = UInt64(UInt(bitPattern: memory?.baseAddress)), len = UInt64(memory?.count ?? 0)
+        set(.memLo, lo); set(.memLen, len)
+        for n in [1, 2, 4, 8] { set(.memLimit(n), len >= UInt64(n) ? len - UInt64(n) + 1 : 0) }
         set(.fault, 0); set(.faultIndex, 0); set(.unwound, 0)
+        let zero = program.verified.stackZeroBytes
+        if zero > 0 { (stack + Self.stackBytes - zero).initializeMemory(as: UInt8.self, repeating: 0, count: zero) }
+        let entry = UInt64(program.verified.entryCharge)
+        guard budget >= entry else { fault(.budget, index: 0); return false }
+        set(.budget, budget - entry)
+        return true
     }
 
     func end() { program = nil }
 
-    var stackTop: UInt64 { self.get(.stackHi) }
+    // MARK: - The access rule
 
-    /// Whether `[address, address + size)` is memory this run may read (or write).
-    func accessible(_ address: UInt64, _ size: Int, write: Bool) -> Bool {
-        let a = UInt(address)
-        if a >= UInt(get(.stackLo)) && a <= UInt(get(.stackHi)) &- UInt(size) && a + UInt(size) <= UInt(get(.stackHi)) { return true }
-        if memory.contains(a, size, write: write) { return true }
-        return program?.regions.contains { $0.contains(a, size, write: write) } ?? false
+    /// Whether `[address, address + size)` lies in `region`; `frame` is the current r10.
+    @inline(__always)
+    func allows(_ region: BPFRegion, _ address: UInt64, _ size: Int, frame: UInt64) -> Bool {
+        switch region {
+        case .stack: return address >= frame &- UInt64(BPF.stackSize) && address <= get(.stackLimit(size))
+        case .context: return address &- get(.memLo) < get(.memLimit(size))
+        case let .map(m):
+            let r = program!.regions[m]
+            return address &- UInt64(r.start) <= UInt64(r.end - r.start) &- UInt64(size)
+        }
     }
 
-    func fault(_ f: RunFault, index: Int, address: UInt64 = 0, size: Int = 0) {
-        set(.fault, f.rawValue); set(.faultIndex, UInt64(index)); set(.faultAddress, address); set(.faultSize, UInt64(size))
+    /// Whether `[address, address + size)` lies in some region of this run (for helpers, whose
+    /// pointer arguments the verifier proved in bounds; this is their second line of defence).
+    func accessible(_ address: UInt64, _ size: Int) -> Bool {
+        if address >= UInt64(UInt(bitPattern: stack)) && address <= get(.stackLimit(size)) { return true }
+        if allows(.context, address, size, frame: 0) { return true }
+        return program?.regions.indices.contains { allows(.map($0), address, size, frame: 0) } ?? false
     }
 
-    /// The error a faulted run reports.
+    func fault(_ f: RunFault, index: Int, address: UInt64 = 0, frame: UInt64 = 0) {
+        set(.fault, f.rawValue); set(.faultIndex, UInt64(index)); set(.faultAddress, address); set(.faultFrame, frame)
+    }
+
+    // MARK: - Errors
+
+    /// The error a faulted run reports (the same words on both engines).
     func error() -> BPFError? {
         guard let f = RunFault(rawValue: get(.fault)), f != .none else { return nil }
         let index = Int(get(.faultIndex))
         switch f {
-        case .outOfBounds:
-            return .runtime(index: index, reason: "out-of-bounds access of \(get(.faultSize)) bytes at 0x\(String(get(.faultAddress), radix: 16))")
+        case .outOfBounds, .proofViolated:
+            let what = program.map { outOfBounds(index, $0) } ?? "out-of-bounds access"
+            return .runtime(index: index, reason: f == .outOfBounds ? what : "verifier bug: an access it proved in bounds is not: \(what)")
         case .unknownHelper: return .runtime(index: index, reason: "call to unknown helper \(Int64(bitPattern: get(.faultAddress)))")
         case .callDepth: return .runtime(index: index, reason: "local calls nested deeper than \(BPF.maxCallDepth) frames")
-        case .misalignedAtomic: return .runtime(index: index, reason: "misaligned atomic access at 0x\(String(get(.faultAddress), radix: 16))")
+        case .misalignedAtomic:
+            return .runtime(index: index, reason: "misaligned atomic access (address \(get(.faultAddress) % 8) mod 8)")
         case .helperFault: return .runtime(index: index, reason: helperMessage ?? "helper failed")
+        case .budget: return .runtime(index: index, reason: "instruction budget of \(budget) exhausted")
+        case .unreachable: return .runtime(index: index, reason: "verifier bug: reached an instruction it proved unreachable")
         case .none: return nil
+        }
+    }
+
+    /// "out-of-bounds write of 4 bytes at context offset 62 (the context is 64 bytes)"
+    private func outOfBounds(_ index: Int, _ program: BPFProgram) -> String {
+        let d = program.verified.code[index]
+        let address = get(.faultAddress)
+        let verb: String
+        switch d.operation {
+        case .load: verb = "read"
+        case .atomic: verb = "atomic"
+        default: verb = "write"
+        }
+        let head = "out-of-bounds \(verb) of \(d.size) bytes at "
+        switch d.access.region {
+        case .stack:
+            let off = Int64(bitPattern: address &- get(.faultFrame))
+            return head + "stack offset r10\(off < 0 ? "" : "+")\(off) (the frame is r10-\(BPF.stackSize)..r10, callers' frames above it)"
+        case .context:
+            return head + "context offset \(Int64(bitPattern: address &- get(.memLo))) (the context is \(get(.memLen)) bytes)"
+        case let .map(m):
+            let map = program.maps[m], r = map.region
+            return head + "offset \(Int64(bitPattern: address &- UInt64(r.start))) of the values of map '\(map.name)' (\(r.end - r.start) bytes)"
         }
     }
 
@@ -152,4 +199,14 @@ final class RunContext {
         defer { pthread_setspecific(Self.currentKey, previous) }
         return try body()
     }
+}
+
+/// Memory a program may address besides the stack and context: a map's value slab.
+public struct MemoryRegion: Sendable, Equatable {
+    /// First byte.
+    public var start: UInt
+    /// One past the last byte.
+    public var end: UInt
+    /// Whether programs may write it.
+    public var writable: Bool
 }

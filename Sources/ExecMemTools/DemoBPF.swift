@@ -59,13 +59,13 @@ public struct BPFDemoReport: Codable, Sendable {
             add %r1, %r8
             ldxb %r2, [%r1]
             stxb [%r10-1], %r2
-            lddw %r1, 0x\(String(map.handle, radix: 16))
+            lddw %r1, map[0]
             mov %r2, %r10
             add %r2, -1
             call 1
             jne %r0, 0, found
             stdw [%r10-16], 1
-            lddw %r1, 0x\(String(map.handle, radix: 16))
+            lddw %r1, map[0]
             mov %r2, %r10
             add %r2, -1
             mov %r3, %r10

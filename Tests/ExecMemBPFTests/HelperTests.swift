@@ -14,7 +14,7 @@ let cHelper: BPFHelperFunction = { a, b, c, d, e in a &* 1000 &+ b &* 100 &+ c &
         let vm = BPFVM(allocator: try testAllocator())
         vm.register(100, BPFHelper(name: "c", c: cHelper))
         let offset = UInt64.random(in: 0..<1000)
-        vm.register(101, BPFHelper(name: "swift", swift: { a, b, _, _, _ in a * b + offset }))
+        vm.register(101, BPFHelper(name: "swift", arguments: 2, swift: { a, b, _, _, _ in a * b + offset }))
         let p = try vm.load(assembly: """
             mov %r1, 1
             mov %r2, 2

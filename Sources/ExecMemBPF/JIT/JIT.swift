@@ -1,25 +1,29 @@
 // The x86-64 JIT. Each eBPF function becomes a native function in one piece of code that goes into a
 // packed BPF-kind text allocation, written through the allocator's write view (never an rwx page).
+// It translates the verifier's decoded form, and trusts what the verifier proved: a proven access
+// is one plain `mov`; the rest get one check against the one region their pointer came from.
 //
 // Registers (as Linux's JIT, so helper arguments r1-r5 are already where the System V ABI wants them):
 //
 //   r0 rax  r1 rdi  r2 rsi  r3 rdx  r4 rcx  r5 r8  r6 rbx  r7 r13  r8 r14  r9 r15  r10 rbp
-//   r12 = the run context block; r9, r10, r11 = scratch
+//   r12 = the run context block; r9 = budget units left; r10, r11 = scratch
 //
 // The eBPF stack is a separate buffer (8 frames of 512 bytes) that rbp walks down on local calls, so
 // the native stack holds only return addresses and saved registers, out of the program's reach.
+// Functions have no prologue: a local call saves r6-r10 itself, so a jump to a function's first
+// instruction is an ordinary jump (it cannot unbalance the native stack).
 //
 //   entry(r1, r2, block): save callee-saved, r12 = block, remember rsp, rbp = stack top, call main
+//   loop header:          [jmp header] pad: sub r9, W; jb budget-fault; header: ...
+//                         (back edges go to the pad, so straight-line code pays nothing)
 //   fault:                rsp = remembered rsp, r0 = 0, restore and return (the block says why)
-//
-// Memory accesses are bounds-checked inline against the stack, the context memory and the program's
-// map regions, then out of line (a call into the runtime that faults the run); an r10-relative access with a constant offset inside the
-// frame needs no check. `JITOptions(boundsChecks: false)` drops the checks for trusted programs.
 
 import ExecMem
+import Glibc
 
 public struct JITOptions: Sendable {
-    /// Check every memory access (the default). Off only for programs the host trusts.
+    /// Check the accesses the verifier could not prove (the default). Off only for programs the
+    /// host trusts: an unproven access then goes unchecked.
     public var boundsChecks: Bool
     public init(boundsChecks: Bool = true) { self.boundsChecks = boundsChecks }
 }
@@ -27,29 +31,26 @@ public struct JITOptions: Sendable {
 enum BPFJIT {
     static let map: [X86Reg] = [.rax, .rdi, .rsi, .rdx, .rcx, .r8, .rbx, .r13, .r14, .r15, .rbp]
     static let context = X86Reg.r12
+    static let budget = X86Reg.r9
 
     /// Compiles `program` and installs it in the allocator.
     static func compile(_ program: BPFProgram, allocator: ExecMemAllocator, options: JITOptions) throws(BPFError) -> JITCode {
         let primary = (allocator.primaryBase, allocator.primaryBase + UInt(allocator.primarySize))
-        // First pass: call sites decided by what the whole primary range reaches, so the size does not
-        // depend on where the code lands.
-        var first = Compiler(program: program, options: options, base: nil, primary: primary)
-        var code = first.compile()
-        var allocation: Allocation
-        do throws(ExecMemError) { allocation = try allocator.allocate(.bpf, size: code.count, alignment: 16) } catch { throw .allocator(error) }
-        for _ in 0..<3 {
-            var compiler = Compiler(program: program, options: options, base: allocation.address, primary: primary)
-            let final = compiler.compile()
-            if final.count == allocation.size { code = final; break }
-            // Landed outside the primary range and some calls changed form: size again.
+        // Helper calls are `call rel32` when the whole primary range reaches the helper, so the size
+        // does not depend on where in the range the code lands.
+        var compiler = Compiler(program: program, options: options, primary: primary, indirect: false)
+        var emitter = compiler.compile()
+        var size = emitter.link(base: nil).bytes.count
+        var allocation = try allocate(allocator, size)
+        if !allocator.isInPrimaryRange(allocation.address) {
+            // Out of the primary range (its fallback): call every helper through a register.
             try? allocator.free(allocation)
-            do throws(ExecMemError) { allocation = try allocator.allocate(.bpf, size: final.count, alignment: 16) } catch { throw .allocator(error) }
-            code = final
+            compiler = Compiler(program: program, options: options, primary: primary, indirect: true)
+            emitter = compiler.compile()
+            size = emitter.link(base: nil).bytes.count
+            allocation = try allocate(allocator, size)
         }
-        guard code.count == allocation.size else {
-            try? allocator.free(allocation)
-            throw .allocator(.badSize(size: code.count, kind: .bpf, reason: "JIT code size did not settle"))
-        }
+        let code = emitter.link(base: allocation.address).bytes
         do throws(ExecMemError) {
             try allocator.write(code, to: allocation)
         } catch {
@@ -59,252 +60,365 @@ enum BPFJIT {
         allocator.makeVisible()
         return JITCode(allocator: allocator, allocation: allocation)
     }
+
+    static func allocate(_ allocator: ExecMemAllocator, _ size: Int) throws(BPFError) -> Allocation {
+        do throws(ExecMemError) { return try allocator.allocate(.bpf, size: size, alignment: 16) } catch { throw .allocator(error) }
+    }
+
+    /// Whether this CPU has BMI2 (`shlx`, `shrx`, `sarx`: shifts by any register, no rcx shuffle).
+    static let hasBMI2: Bool = {
+        let fd = open("/proc/cpuinfo", O_RDONLY)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return false }
+        let text = String(decoding: buffer[0..<n], as: UTF8.self)
+        return text.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").contains("bmi2") ?? false
+    }()
 }
 
-/// One compilation: emits the entry stub, every function, the out-of-line stubs, then fixes jumps.
+/// One compilation: the entry stub, every function, the out-of-line stubs.
 struct Compiler {
     let program: BPFProgram
+    let code: [BPFDecoded]
     let options: JITOptions
-    /// Where the code will run, once known; nil in the sizing pass.
-    let base: UInt?
     let primary: (UInt, UInt)
-    var e = X86Emitter()
-    /// Native offset of each eBPF instruction.
-    var offsets: [Int]
-    var jumps: [(field: Int, target: Int)] = []
-    var calls: [(field: Int, function: Int)] = []
-    /// Cold paths: (field of the jump to it, fault kind or nil to keep the one a helper set, index).
-    var cold: [(field: Int, fault: RunFault?, index: Int)] = []
-    var faultStub = 0, unwindStub = 0, slowCheckStub = 0
-    var faultJumps: [Int] = [], unwindJumps: [Int] = [], slowCheckCalls: [Int] = []
+    /// Call helpers through a register (the code may land out of their rel32 reach).
+    let indirect: Bool
+    var e: X86Emitter
+    /// Label of each instruction, and of each loop header's budget pad.
+    var labels: [Int]
+    var pads: [Int: Int] = [:]
+    /// Out-of-line paths: (label, what to do there).
+    var cold: [(label: Int, kind: Cold)] = []
+    var faultCommon = 0, helperFaultCommon = 0, unwind = 0, returnPath = 0
 
-    init(program: BPFProgram, options: JITOptions, base: UInt?, primary: (UInt, UInt)) {
-        self.program = program; self.options = options; self.base = base; self.primary = primary
-        offsets = [Int](repeating: 0, count: program.instructions.count + 1)
+    enum Cold {
+        /// Record `fault` at `index` (r11 holds the address; `restore` says how to rebuild it).
+        case fault(RunFault, index: Int, restore: Restore)
+        /// A helper set the fault: record where.
+        case helperFault(index: Int)
+    }
+
+    /// How a cold path turns r11 back into the faulting address.
+    enum Restore {
+        case none
+        case addMemLo
+        case addR10
+        case lea(X86Reg, Int32)
+    }
+
+    init(program: BPFProgram, options: JITOptions, primary: (UInt, UInt), indirect: Bool) {
+        self.program = program
+        code = program.verified.code
+        self.options = options
+        self.primary = primary
+        self.indirect = indirect
+        e = X86Emitter(capacity: code.count * 12 + 256)
+        labels = []
+        labels.reserveCapacity(code.count + 1)
+        for _ in 0...code.count { labels.append(e.newLabel()) }
+        for t in program.verified.loopHeaders.keys { pads[t] = e.newLabel() }
+        faultCommon = e.newLabel(); helperFaultCommon = e.newLabel(); unwind = e.newLabel(); returnPath = e.newLabel()
     }
 
     static func reg(_ r: UInt8) -> X86Reg { BPFJIT.map[Int(r)] }
+    var block: X86Reg { BPFJIT.context }
 
-    mutating func compile() -> [UInt8] {
+    mutating func compile() -> X86Emitter {
         entryStub()
-        let insns = program.instructions
         var i = 0
-        while i < insns.count {
-            offsets[i] = e.count
-            if program.functions.contains(i) { e.aluImm(5, .rsp, 8, wide: true) }  // sub rsp, 8: align for calls
-            i += translate(insns[i], at: i, next: i + 1 < insns.count ? insns[i + 1] : nil)
+        var deadRun = false
+        while i < code.count {
+            if let pad = pads[i] {
+                if i > 0 && fallsThrough(into: i) { e.jmp(labels[i]) }
+                e.bind(pad)
+                e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: program.verified.loopHeaders[i]!), wide: true)
+                e.jcc(.below, coldLabel(.fault(.budget, index: i, restore: .none)))
+            }
+            e.bind(labels[i])
+            let d = code[i]
+            if case .unreachable = d.operation {
+                // Dead code: one trap for each run of it (no live jump lands inside one).
+                if !deadRun { e.jmp(coldLabel(.fault(.unreachable, index: i, restore: .none))) }
+                deadRun = true
+                i += 1
+                continue
+            }
+            deadRun = false
+            translate(d, at: i)
+            if d.operation == .lddw { e.bind(labels[i + 1]); i += 2 } else { i += 1 }
         }
-        offsets[insns.count] = e.count
-        outOfLineStubs()
-        for j in jumps { e.patch(j.field, to: offsets[j.target]) }
-        for c in calls { e.patch(c.field, to: offsets[c.function]) }
-        for f in faultJumps { e.patch(f, to: faultStub) }
-        for f in unwindJumps { e.patch(f, to: unwindStub) }
-        for f in slowCheckCalls { e.patch(f, to: slowCheckStub) }
-        return e.bytes
+        e.bind(labels[code.count])
+        outOfLine()
+        return e
+    }
+
+    /// Whether the instruction before `t` can continue into it.
+    func fallsThrough(into t: Int) -> Bool {
+        var p = t - 1
+        if p > 0 && code[p - 1].operation == .lddw { p -= 1 }
+        switch code[p].operation {
+        case .exit, .jump(nil, _, _), .unreachable: return false
+        default: return true
+        }
+    }
+
+    mutating func coldLabel(_ kind: Cold) -> Int {
+        let l = e.newLabel()
+        cold.append((l, kind))
+        return l
     }
 
     // MARK: - Entry and exits
 
     /// `uint64_t entry(uint64_t r1, uint64_t r2, uint64_t *block)`.
     mutating func entryStub() {
-        for r in [X86Reg.rbp, .rbx, .r12, .r13, .r14, .r15] { e.push(r) }
-        e.aluImm(5, .rsp, 8, wide: true)  // 6 pushes + return address: align to 16
-        e.mov(BPFJIT.context, .rdx)
-        e.store(.rsp, base: BPFJIT.context, disp: RunContext.Field.entryRsp.offset, size: 8)
-        e.load(.rbp, base: BPFJIT.context, disp: RunContext.Field.stackHi.offset, size: 8)
+        for r in [X86Reg.rbp, .rbx, .r12, .r13, .r14, .r15] { e.push(r) }  // rsp = 8 mod 16 now
+        e.mov(block, .rdx)
+        e.store(.rsp, base: block, disp: RunContext.Field.entryRsp.offset, size: 8)
+        e.load(.rbp, base: block, disp: RunContext.Field.stackHi.offset, size: 8)
+        e.load(BPFJIT.budget, base: block, disp: RunContext.Field.budget.offset, size: 8)
         for r in [X86Reg.rax, .rdx, .rcx, .r8, .rbx, .r13, .r14, .r15] { e.alu(0x31, r, r, wide: false) }  // r0, r3-r9 = 0
-        calls.append((e.call32(), 0))
-        returnPath()
-    }
-
-    /// Restores the host's registers and returns rax.
-    mutating func returnPath() {
-        e.aluImm(0, .rsp, 8, wide: true)
+        e.call(labels[0])  // main's body runs with rsp = 0 mod 16
+        e.bind(returnPath)
         for r in [X86Reg.r15, .r14, .r13, .r12, .rbx, .rbp] { e.pop(r) }
         e.ret()
     }
 
-    mutating func outOfLineStubs() {
-        // Cold paths record the fault and join the fault stub.
+    mutating func outOfLine() {
         for c in cold {
-            e.patch(c.field, to: e.count)
-            if let f = c.fault { e.storeImm64(base: BPFJIT.context, disp: RunContext.Field.fault.offset, Int32(f.rawValue)) }
-            e.storeImm64(base: BPFJIT.context, disp: RunContext.Field.faultIndex.offset, Int32(c.index))
-            if c.fault == .misalignedAtomic { e.store(.r11, base: BPFJIT.context, disp: RunContext.Field.faultAddress.offset, size: 8) }
-            faultJumps.append(e.jmp32())
+            e.bind(c.label)
+            switch c.kind {
+            case let .fault(f, index, restore):
+                switch restore {
+                case .none: break
+                case .addMemLo: e.aluMemory(0x03, .r11, base: block, disp: RunContext.Field.memLo.offset)
+                case .addR10: e.alu(0x01, .r11, .r10, wide: true)
+                case let .lea(r, disp): e.lea(.r11, base: r, disp: disp)
+                }
+                e.movImm32(.r10, Int32(index << 8 | Int(f.rawValue)))
+                e.jmp(faultCommon)
+            case let .helperFault(index):
+                e.movImm32(.r10, Int32(index))
+                e.jmp(helperFaultCommon)
+            }
         }
+        // r10 = index << 8 | fault, r11 = address: record them and leave.
+        e.bind(faultCommon)
+        e.store(.r11, base: block, disp: RunContext.Field.faultAddress.offset, size: 8)
+        e.store(.rbp, base: block, disp: RunContext.Field.faultFrame.offset, size: 8)
+        e.mov(.r11, .r10)
+        e.aluImm(4, .r11, 0xFF, wide: true)
+        e.store(.r11, base: block, disp: RunContext.Field.fault.offset, size: 8)
+        e.shift(5, .r10, count: 8, wide: true)
+        e.bind(helperFaultCommon)
+        e.store(.r10, base: block, disp: RunContext.Field.faultIndex.offset, size: 8)
+        let leave = e.newLabel()
+        e.jmp(leave)
         // A helper asked to unwind: return 0 at once.
-        unwindStub = e.count
-        e.storeImm64(base: BPFJIT.context, disp: RunContext.Field.unwound.offset, 1)
-        // The fault stub: drop every eBPF frame and return 0; the block says what happened.
-        faultStub = e.count
-        e.load(.rsp, base: BPFJIT.context, disp: RunContext.Field.entryRsp.offset, size: 8)
+        e.bind(unwind)
+        e.storeImm64(base: block, disp: RunContext.Field.unwound.offset, 1)
+        // Drop every eBPF frame and return 0; the block says what happened.
+        e.bind(leave)
+        e.load(.rsp, base: block, disp: RunContext.Field.entryRsp.offset, size: 8)
         e.alu(0x31, .rax, .rax, wide: false)
-        returnPath()
-        // Slow bounds check: r11 = address, r10 = index << 8 | size << 1 | write. Saves every
-        // caller-saved register, asks the runtime, faults or returns.
-        slowCheckStub = e.count
-        let saved: [X86Reg] = [.rax, .rcx, .rdx, .rsi, .rdi, .r8, .r9, .r10, .r11]
-        for r in saved { e.push(r) }  // entry rsp = 8 mod 16, + 72 = 0 mod 16
-        e.mov(.rdi, BPFJIT.context)
-        e.mov(.rsi, .r11)
-        e.mov(.rdx, .r10)
-        e.movImm(.rax, UInt64(UInt(bitPattern: unsafeBitCast(jitSlowCheck, to: UnsafeRawPointer.self))))
-        e.callRegister(.rax)
-        e.alu(0x85, .rax, .rax, wide: true)
-        for r in saved.reversed() { e.pop(r) }  // pop does not change flags
-        faultJumps.append(e.jcc32(.equal))
-        e.ret()
+        e.jmp(returnPath)
     }
 
     // MARK: - Instructions
 
-    /// Emits one instruction; returns how many slots it used.
-    mutating func translate(_ i: BPFInstruction, at index: Int, next: BPFInstruction?) -> Int {
-        let dst = Self.reg(i.dst), src = Self.reg(i.src)
-        let fromRegister = i.opcode & BPF.X != 0
-        let op = i.opcode & 0xF0
-        switch i.instructionClass {
-        case BPF.ALU, BPF.ALU64:
-            alu(i, dst: dst, src: src, op: op, fromRegister: fromRegister, wide: i.instructionClass == BPF.ALU64)
-        case BPF.JMP, BPF.JMP32:
-            jump(i, at: index, dst: dst, src: src, op: op, fromRegister: fromRegister)
-        case BPF.LD:
-            e.movImm(dst, UInt64(UInt32(bitPattern: i.imm)) | UInt64(UInt32(bitPattern: next!.imm)) << 32)
-            offsets[index + 1] = e.count
-            return 2
-        case BPF.LDX:
-            let size = BPF.sizeBytes(i.opcode)
-            let (base, disp) = address(i.src, i.offset, size: size, write: false, index: index)
-            e.load(dst, base: base, disp: disp, size: size, signed: i.opcode & 0xE0 == BPF.MEMSX)
-        case BPF.ST:
-            let size = BPF.sizeBytes(i.opcode)
-            let (base, disp) = address(i.dst, i.offset, size: size, write: true, index: index)
-            e.storeImm(base: base, disp: disp, size: size, i.imm)
-        default:
-            let size = BPF.sizeBytes(i.opcode)
-            let (base, disp) = address(i.dst, i.offset, size: size, write: true, index: index)
-            if i.opcode & 0xE0 == BPF.ATOMIC {
-                atomic(i, base: base, disp: disp, src: src, size: size, index: index)
+    mutating func translate(_ d: BPFDecoded, at index: Int) {
+        let dst = Self.reg(d.dst), src = Self.reg(d.src)
+        switch d.operation {
+        case let .alu(op, wide, register):
+            alu(op, d, dst: dst, src: src, wide: wide, register: register)
+        case let .movsx(bits, wide):
+            e.movsx(dst, src, bits: Int(bits), wide: wide)
+        case let .endian(bits, swap):
+            if !swap {  // to little-endian: truncate
+                if bits == 16 { e.movzx(dst, dst, bits: 16) } else if bits == 32 { e.mov(dst, dst, wide: false) }
             } else {
-                e.store(src, base: base, disp: disp, size: size)
-            }
-        }
-        return 1
-    }
-
-    /// Where an access goes: `[rbp + off]` for a statically safe stack access, else `[r11]` after
-    /// computing and checking the address.
-    mutating func address(_ r: UInt8, _ offset: Int16, size: Int, write: Bool, index: Int) -> (X86Reg, Int32) {
-        let off = Int(offset)
-        if r == 10 && off >= -BPF.stackSize && off + size <= 0 { return (.rbp, Int32(off)) }
-        e.lea(.r11, base: Self.reg(r), disp: Int32(off))
-        guard options.boundsChecks else { return (.r11, 0) }
-        let minus: [Int: RunContext.Field] = [1: .stackHiMinus1, 2: .stackHiMinus2, 4: .stackHiMinus4, 8: .stackHiMinus8]
-        let memMinus: [Int: RunContext.Field] = [1: .memHiMinus1, 2: .memHiMinus2, 4: .memHiMinus4, 8: .memHiMinus8]
-        // Stack: stackLo <= a <= stackHi - size.
-        e.cmpMemory(.r11, base: BPFJIT.context, disp: RunContext.Field.stackLo.offset)
-        let notStack = e.jcc32(.below)
-        e.cmpMemory(.r11, base: BPFJIT.context, disp: minus[size]!.offset)
-        let ok1 = e.jcc32(.belowOrEqual)
-        e.patch(notStack, to: e.count)
-        // Context memory: memLo <= a <= memHi - size.
-        e.cmpMemory(.r11, base: BPFJIT.context, disp: RunContext.Field.memLo.offset)
-        let notMemory = e.jcc32(.below)
-        e.cmpMemory(.r11, base: BPFJIT.context, disp: memMinus[size]!.offset)
-        let ok2 = e.jcc32(.belowOrEqual)
-        e.patch(notMemory, to: e.count)
-        // The program's map regions (fixed for its life), checked inline too.
-        var oks = [ok1, ok2]
-        for region in program.regions.prefix(8) where (region.writable || !write) && region.end - region.start >= UInt(size) {
-            e.movImm(.r10, UInt64(region.start))
-            e.alu(0x39, .r11, .r10, wide: true)
-            let below = e.jcc32(.below)
-            e.movImm(.r10, UInt64(region.end) - UInt64(size))
-            e.alu(0x39, .r11, .r10, wide: true)
-            oks.append(e.jcc32(.belowOrEqual))
-            e.patch(below, to: e.count)
-        }
-        // Anything else: ask the runtime, which faults the run if it is not allowed.
-        e.movImm32(.r10, Int32(index << 8 | size << 1 | (write ? 1 : 0)))
-        slowCheckCalls.append(e.call32())
-        for ok in oks { e.patch(ok, to: e.count) }
-        return (.r11, 0)
-    }
-
-    mutating func alu(_ i: BPFInstruction, dst: X86Reg, src: X86Reg, op: UInt8, fromRegister: Bool, wide: Bool) {
-        let groupOne: [UInt8: (UInt8, UInt8)] = [BPF.ADD: (0x01, 0), BPF.SUB: (0x29, 5), BPF.OR: (0x09, 1), BPF.AND: (0x21, 4), BPF.XOR: (0x31, 6)]
-        if let (rr, ext) = groupOne[op] {
-            if fromRegister { e.alu(rr, dst, src, wide: wide) } else { e.aluImm(ext, dst, i.imm, wide: wide) }
-            return
-        }
-        switch op {
-        case BPF.MOV:
-            if !fromRegister {
-                if wide { e.movImm(dst, UInt64(bitPattern: Int64(i.imm))) } else { e.movImm32(dst, i.imm) }
-            } else if i.offset != 0 {
-                e.movsx(dst, src, bits: Int(i.offset), wide: wide)
-            } else {
-                e.mov(dst, src, wide: wide)
-            }
-        case BPF.MUL:
-            if fromRegister { e.imul(dst, src, wide: wide) } else { e.imulImm(dst, i.imm, wide: wide) }
-        case BPF.NEG:
-            e.group3(3, dst, wide: wide)
-        case BPF.LSH, BPF.RSH, BPF.ARSH:
-            let ext: UInt8 = op == BPF.LSH ? 4 : op == BPF.RSH ? 5 : 7
-            if !fromRegister {
-                e.shift(ext, dst, count: UInt8(truncatingIfNeeded: i.imm) & (wide ? 63 : 31), wide: wide)
-            } else if dst != .rcx {
-                if src != .rcx { e.mov(.r11, .rcx); e.mov(.rcx, src) }
-                e.shift(ext, dst, count: nil, wide: wide)
-                if src != .rcx { e.mov(.rcx, .r11) }
-            } else {
-                e.mov(.r11, .rcx)
-                if src != .rcx { e.mov(.rcx, src) }
-                e.shift(ext, .r11, count: nil, wide: wide)
-                e.mov(.rcx, .r11)
-            }
-        case BPF.DIV, BPF.MOD:
-            divide(i, dst: dst, src: src, fromRegister: fromRegister, wide: wide, modulo: op == BPF.MOD)
-        case BPF.END:
-            let width = i.imm
-            if !wide && i.opcode & BPF.X == 0 {  // to little-endian: truncate
-                if width == 16 { e.movzx(dst, dst, bits: 16) } else if width == 32 { e.mov(dst, dst, wide: false) }
-            } else {
-                switch width {
+                switch bits {
                 case 16: e.rol16by8(dst); e.movzx(dst, dst, bits: 16)
                 case 32: e.bswap(dst, wide: false)
                 default: e.bswap(dst, wide: true)
                 }
             }
-        default:  // ARSH handled above; nothing else reaches here after the verifier
+        case let .jump(condition, wide, register):
+            jump(d, at: index, condition: condition, wide: wide, register: register, dst: dst, src: src)
+        case .exit:
+            e.ret()
+        case .callLocal:
+            callLocal(d, at: index)
+        case .callHelper:
+            callHelper(d, at: index)
+        case .lddw:
+            if d.imm == 0 { e.alu(0x31, dst, dst, wide: false) } else { e.movImm(dst, d.operand) }
+        case let .load(size, signed):
+            let (base, disp) = address(d, base: src, at: index, write: false)
+            e.load(dst, base: base, disp: disp, size: Int(size), signed: signed)
+        case let .store(size, register):
+            let (base, disp) = address(d, base: dst, at: index, write: true)
+            if register { e.store(src, base: base, disp: disp, size: Int(size)) } else { e.storeImm(base: base, disp: disp, size: Int(size), Int32(truncatingIfNeeded: d.imm)) }
+        case let .atomic(op, size):
+            let (base, disp) = address(d, base: dst, at: index, write: true)
+            atomic(op, d, base: base, disp: disp, src: src, size: Int(size), index: index)
+        case .unreachable:
             break
         }
     }
 
-    /// Division and modulo with RFC 9669's rules for zero and for the minimum divided by -1.
-    mutating func divide(_ i: BPFInstruction, dst: X86Reg, src: X86Reg, fromRegister: Bool, wide: Bool, modulo: Bool) {
-        let signed = i.offset == 1
-        if fromRegister { e.mov(.r11, src, wide: wide) } else if wide { e.movImm(.r11, UInt64(bitPattern: Int64(i.imm))) } else { e.movImm32(.r11, i.imm) }
-        e.alu(0x85, .r11, .r11, wide: wide)
-        let nonzero = e.jcc32(.notEqual)
-        // Divisor 0: quotient 0, remainder the dividend (its low half for 32 bits).
-        if modulo { if !wide { e.mov(dst, dst, wide: false) } } else { e.alu(0x31, dst, dst, wide: false) }
-        let done1 = e.jmp32()
-        e.patch(nonzero, to: e.count)
-        var done2: Int? = nil
-        if signed {
-            e.aluImm(7, .r11, -1, wide: wide)
-            let normal = e.jcc32(.notEqual)
-            // x / -1 = -x (wrapping), x % -1 = 0: avoids the #DE of MIN / -1.
-            if modulo { e.alu(0x31, dst, dst, wide: false) } else { e.group3(3, dst, wide: wide) }
-            done2 = e.jmp32()
-            e.patch(normal, to: e.count)
+    /// Checks an access the verifier did not prove, against its region; returns `[base + disp]`.
+    mutating func address(_ d: BPFDecoded, base r: X86Reg, at index: Int, write: Bool) -> (X86Reg, Int32) {
+        let disp = Int32(d.offset), size = d.size
+        guard options.boundsChecks else { return (r, disp) }
+        switch (d.access.check, d.access.region) {
+        case (.proven, _):
+            break
+        case let (.contextEnd(end), _):
+            // [r + disp] is memLo + a constant: the context must be at least `end` bytes.
+            e.cmpMemoryImm(base: block, disp: RunContext.Field.memLen.offset, end)
+            e.jcc(.below, coldLabel(.fault(.outOfBounds, index: index, restore: .lea(r, disp))))
+        case (.region, .context):
+            // offset = address - memLo, unsigned: one compare covers both ends.
+            e.lea(.r11, base: r, disp: disp)
+            e.aluMemory(0x2B, .r11, base: block, disp: RunContext.Field.memLo.offset)
+            e.aluMemory(0x3B, .r11, base: block, disp: RunContext.Field.memLimit(size).offset)
+            e.jcc(.aboveOrEqual, coldLabel(.fault(.outOfBounds, index: index, restore: .addMemLo)))
+        case let (.region, .map(m)):
+            let region = program.regions[m]
+            e.lea(.r11, base: r, disp: disp)
+            e.movImm(.r10, UInt64(region.start))
+            e.alu(0x29, .r11, .r10, wide: true)
+            let limit = UInt64(region.end - region.start) - UInt64(size)
+            if let small = Int32(exactly: limit) {
+                e.aluImm(7, .r11, small, wide: true)
+            } else {
+                e.movImm(.r10, limit); e.alu(0x39, .r11, .r10, wide: true); e.movImm(.r10, UInt64(region.start))
+            }
+            e.jcc(.above, coldLabel(.fault(.outOfBounds, index: index, restore: .addR10)))
+        case (.region, .stack):
+            // The live stack: from this frame's bottom to the top of the buffer.
+            e.lea(.r11, base: r, disp: disp)
+            e.lea(.r10, base: .rbp, disp: Int32(-BPF.stackSize))
+            e.alu(0x39, .r11, .r10, wide: true)
+            let fault = coldLabel(.fault(.outOfBounds, index: index, restore: .none))
+            e.jcc(.below, fault)
+            e.aluMemory(0x3B, .r11, base: block, disp: RunContext.Field.stackLimit(size).offset)
+            e.jcc(.above, fault)
+        }
+        return (r, disp)
+    }
+
+    // MARK: - ALU
+
+    mutating func alu(_ op: BPFALU, _ d: BPFDecoded, dst: X86Reg, src: X86Reg, wide: Bool, register: Bool) {
+        let imm = Int32(truncatingIfNeeded: d.imm)
+        let groupOne: [BPFALU: (UInt8, UInt8)] = [.add: (0x01, 0), .sub: (0x29, 5), .or: (0x09, 1), .and: (0x21, 4), .xor: (0x31, 6)]
+        if let (rr, ext) = groupOne[op] {
+            if register {
+                if op == .xor && dst == src { e.alu(0x31, dst, dst, wide: false); return }  // also zero-extends
+                e.alu(rr, dst, src, wide: wide)
+            } else if imm == 0 && op != .and {
+                if !wide { e.mov(dst, dst, wide: false) }  // x op 0 = x (ALU32 still clears the top half)
+            } else {
+                e.aluImm(ext, dst, imm, wide: wide)
+            }
+            return
+        }
+        switch op {
+        case .mov:
+            if register {
+                e.mov(dst, src, wide: wide)
+            } else if imm == 0 {
+                e.alu(0x31, dst, dst, wide: false)
+            } else if wide {
+                e.movImm(dst, UInt64(bitPattern: Int64(imm)))
+            } else {
+                e.movImm32(dst, imm)
+            }
+        case .mul:
+            if register { e.imul(dst, src, wide: wide) } else { e.imulImm(dst, imm, wide: wide) }
+        case .neg:
+            e.group3(3, dst, wide: wide)
+        case .lsh, .rsh, .arsh:
+            shift(op, dst: dst, src: src, imm: imm, wide: wide, register: register)
+        case .div, .sdiv, .mod, .smod:
+            divide(op, dst: dst, src: src, imm: imm, wide: wide, register: register)
+        default:
+            break
+        }
+    }
+
+    mutating func shift(_ op: BPFALU, dst: X86Reg, src: X86Reg, imm: Int32, wide: Bool, register: Bool) {
+        let ext: UInt8 = op == .lsh ? 4 : op == .rsh ? 5 : 7
+        if !register {
+            let count = UInt8(truncatingIfNeeded: imm) & (wide ? 63 : 31)
+            if count != 0 { e.shift(ext, dst, count: count, wide: wide) } else if !wide { e.mov(dst, dst, wide: false) }
+        } else if BPFJIT.hasBMI2 {
+            e.shiftX(op == .lsh ? 1 : op == .rsh ? 3 : 2, dst, dst, count: src, wide: wide)
+        } else if dst != .rcx {
+            if src != .rcx { e.mov(.r11, .rcx); e.mov(.rcx, src) }
+            e.shift(ext, dst, count: nil, wide: wide)
+            if src != .rcx { e.mov(.rcx, .r11) }
+        } else {
+            e.mov(.r11, .rcx)
+            if src != .rcx { e.mov(.rcx, src) }
+            e.shift(ext, .r11, count: nil, wide: wide)
+            e.mov(.rcx, .r11)
+        }
+    }
+
+    /// Division and modulo with RFC 9669's rules for zero and for the minimum divided by -1; a
+    /// constant divisor needs neither test.
+    mutating func divide(_ op: BPFALU, dst: X86Reg, src: X86Reg, imm: Int32, wide: Bool, register: Bool) {
+        let signed = op == .sdiv || op == .smod, modulo = op == .mod || op == .smod
+        if !register {
+            if imm == 0 {  // quotient 0, remainder the dividend (its low half for 32 bits)
+                if modulo { if !wide { e.mov(dst, dst, wide: false) } } else { e.alu(0x31, dst, dst, wide: false) }
+                return
+            }
+            if signed && imm == -1 {  // x / -1 = -x (wrapping), x % -1 = 0
+                if modulo { e.alu(0x31, dst, dst, wide: false) } else { e.group3(3, dst, wide: wide) }
+                return
+            }
+            let divisor = wide ? UInt64(bitPattern: Int64(imm)) : UInt64(UInt32(bitPattern: imm))
+            if !signed && divisor.nonzeroBitCount == 1 {  // a power of two: shift or mask
+                let k = UInt8(divisor.trailingZeroBitCount)
+                if modulo {
+                    if let mask = Int32(exactly: divisor - 1) { e.aluImm(4, dst, mask, wide: wide) } else { e.movImm(.r11, divisor - 1); e.alu(0x21, dst, .r11, wide: wide) }
+                } else if k != 0 {
+                    e.shift(5, dst, count: k, wide: wide)
+                } else if !wide {
+                    e.mov(dst, dst, wide: false)
+                }
+                return
+            }
+            e.movImm(.r11, divisor)
+        } else {
+            e.mov(.r11, src, wide: wide)
+        }
+        let done = e.newLabel()
+        if register {
+            e.alu(0x85, .r11, .r11, wide: wide)
+            let nonzero = e.newLabel()
+            e.jcc(.notEqual, nonzero)
+            if modulo { if !wide { e.mov(dst, dst, wide: false) } } else { e.alu(0x31, dst, dst, wide: false) }
+            e.jmp(done)
+            e.bind(nonzero)
+            if signed {
+                e.aluImm(7, .r11, -1, wide: wide)
+                let normal = e.newLabel()
+                e.jcc(.notEqual, normal)
+                if modulo { e.alu(0x31, dst, dst, wide: false) } else { e.group3(3, dst, wide: wide) }
+                e.jmp(done)
+                e.bind(normal)
+            }
         }
         e.mov(.r10, .rax)
-        e.mov(.r9, .rdx)
+        e.store(.rdx, base: block, disp: RunContext.Field.spill.offset, size: 8)
         e.mov(.rax, dst, wide: wide)
         if signed {
             if wide { e.emit(0x48, 0x99) } else { e.emit(0x99) }  // cqo / cdq
@@ -315,132 +429,107 @@ struct Compiler {
         }
         e.mov(.r11, modulo ? .rdx : .rax, wide: wide)
         e.mov(.rax, .r10)
-        e.mov(.rdx, .r9)
+        e.load(.rdx, base: block, disp: RunContext.Field.spill.offset, size: 8)
         e.mov(dst, .r11, wide: wide)
-        e.patch(done1, to: e.count)
-        if let d = done2 { e.patch(d, to: e.count) }
+        e.bind(done)
     }
 
-    mutating func jump(_ i: BPFInstruction, at index: Int, dst: X86Reg, src: X86Reg, op: UInt8, fromRegister: Bool) {
-        let narrow = i.instructionClass == BPF.JMP32
-        if i.opcode == BPF.JMP | BPF.EXIT {
-            e.aluImm(0, .rsp, 8, wide: true)
-            e.ret()
+    // MARK: - Jumps and calls
+
+    mutating func jump(_ d: BPFDecoded, at index: Int, condition: BPFCondition?, wide: Bool, register: Bool, dst: X86Reg, src: X86Reg) {
+        let t = Int(d.target)
+        let target = t <= index ? pads[t]! : labels[t]
+        guard let condition else {
+            if t != index + 1 { e.jmp(target) }
             return
         }
-        if i.opcode == BPF.JMP | BPF.JA || i.opcode == BPF.JMP32 | BPF.JA {
-            let delta = i.opcode == BPF.JMP | BPF.JA ? Int(i.offset) : Int(i.imm)
-            jumps.append((e.jmp32(), index + 1 + delta))
-            return
-        }
-        if op == BPF.CALL {
-            call(i, at: index, dst: dst)
-            return
-        }
-        if op == BPF.JSET {
-            if fromRegister { e.alu(0x85, dst, src, wide: !narrow) } else { e.testImm(dst, i.imm, wide: !narrow) }
-        } else if fromRegister {
-            e.alu(0x39, dst, src, wide: !narrow)
+        if t == index + 1 { return }  // taken or not, the next instruction
+        let imm = Int32(truncatingIfNeeded: d.imm)
+        if condition == .set {
+            if register { e.alu(0x85, dst, src, wide: wide) } else { e.testImm(dst, imm, wide: wide) }
+        } else if register {
+            e.alu(0x39, dst, src, wide: wide)
+        } else if imm == 0 {
+            e.alu(0x85, dst, dst, wide: wide)  // test r, r: the flags of cmp r, 0
         } else {
-            e.aluImm(7, dst, i.imm, wide: !narrow)
+            e.aluImm(7, dst, imm, wide: wide)
         }
-        let conditions: [UInt8: X86Condition] = [
-            BPF.JEQ: .equal, BPF.JNE: .notEqual, BPF.JSET: .notEqual, BPF.JGT: .above, BPF.JGE: .aboveOrEqual,
-            BPF.JLT: .below, BPF.JLE: .belowOrEqual, BPF.JSGT: .greater, BPF.JSGE: .greaterOrEqual,
-            BPF.JSLT: .less, BPF.JSLE: .lessOrEqual,
+        let conditions: [BPFCondition: X86Condition] = [
+            .eq: .equal, .ne: .notEqual, .set: .notEqual, .gt: .above, .ge: .aboveOrEqual,
+            .lt: .below, .le: .belowOrEqual, .sgt: .greater, .sge: .greaterOrEqual, .slt: .less, .sle: .lessOrEqual,
         ]
-        jumps.append((e.jcc32(conditions[op]!), index + 1 + Int(i.offset)))
+        e.jcc(conditions[condition]!, target)
     }
 
-    mutating func call(_ i: BPFInstruction, at index: Int, dst: X86Reg) {
-        if i.opcode == BPF.JMP | BPF.CALL && i.src == BPF.callLocal {
-            // One frame deeper: rbp - 512 must stay at or above the floor.
-            e.lea(.r11, base: .rbp, disp: Int32(-BPF.stackSize))
-            e.cmpMemory(.r11, base: BPFJIT.context, disp: RunContext.Field.callFloor.offset)
-            cold.append((e.jcc32(.below), .callDepth, index))
-            for r in [X86Reg.rbx, .r13, .r14, .r15] { e.push(r) }
-            e.mov(.rbp, .r11)
-            calls.append((e.call32(), index + 1 + Int(i.imm)))
-            e.lea(.rbp, base: .rbp, disp: Int32(BPF.stackSize))
-            for r in [X86Reg.r15, .r14, .r13, .rbx] { e.pop(r) }
-            return
-        }
-        let target: UInt
-        var unwinds = false
-        if i.opcode == BPF.CALLX {
-            e.mov(.r9, dst)  // the helper number, for the dispatcher
-            target = UInt(bitPattern: unsafeBitCast(jitCallX, to: UnsafeRawPointer.self))
-        } else {
-            let h = program.helpers[i.imm]!
-            unwinds = h.unwindsOnZero
-            if h.swiftIndex >= 0 { e.movImm(.r9, UInt64(h.swiftIndex)) }
-            target = h.entryAddress
-        }
-        callHost(target)
-        // A helper (or callx) that faulted the run: record where, and stop.
-        e.cmpMemoryImm8(base: BPFJIT.context, disp: RunContext.Field.fault.offset, 0)
-        cold.append((e.jcc32(.notEqual), nil, index))
-        if i.opcode == BPF.CALLX {
-            e.cmpMemoryImm8(base: BPFJIT.context, disp: RunContext.Field.unwound.offset, 0)
-            unwindJumps.append(e.jcc32(.notEqual))
-        } else if unwinds {
-            e.alu(0x85, .rax, .rax, wide: true)
-            unwindJumps.append(e.jcc32(.equal))
-        }
+    mutating func callLocal(_ d: BPFDecoded, at index: Int) {
+        // One frame deeper: rbp - 512 must stay at or above the floor; then pay for the callee.
+        e.lea(.r11, base: .rbp, disp: Int32(-BPF.stackSize))
+        e.aluMemory(0x3B, .r11, base: block, disp: RunContext.Field.callFloor.offset)
+        e.jcc(.below, coldLabel(.fault(.callDepth, index: index, restore: .none)))
+        e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: d.charge), wide: true)
+        e.jcc(.below, coldLabel(.fault(.budget, index: index, restore: .none)))
+        for r in [X86Reg.rbx, .r13, .r14, .r15, .rbp] { e.push(r) }  // 40 bytes + the return address
+        e.mov(.rbp, .r11)
+        e.call(labels[Int(d.target)])
+        for r in [X86Reg.rbp, .r15, .r14, .r13, .rbx] { e.pop(r) }
     }
 
-    /// `call rel32` when the target is in reach from wherever this code can land, else through r11.
-    mutating func callHost(_ target: UInt) {
-        // In the primary range (or not yet placed) the choice depends only on the range, so both
-        // passes agree; elsewhere it depends on the exact site.
-        let direct: Bool
-        if let base, !isInPrimary(base) {
-            direct = Rel32.displacement(from: base + UInt(e.count + 5), to: target) != nil
-        } else {
-            direct = reachableFromPrimary(target)
-        }
-        if direct {
-            let field = e.call32()
-            if let base { e.patch(field, displacement: Rel32.displacement(from: base + UInt(field + 4), to: target)!) }
+    mutating func callHelper(_ d: BPFDecoded, at index: Int) {
+        let h = program.helpers[Int32(truncatingIfNeeded: d.imm)]!
+        e.store(BPFJIT.budget, base: block, disp: RunContext.Field.budget.offset, size: 8)
+        if h.swiftIndex >= 0 { e.movImm(.r9, UInt64(h.swiftIndex)) }  // the dispatcher's sixth argument
+        let target = h.entryAddress
+        if !indirect && Rel32.reaches(primary.0, primary.1, target, target + 1) {
+            e.callExternal(target)
         } else {
             e.movImm(.r11, UInt64(target))
             e.callRegister(.r11)
         }
+        e.load(BPFJIT.budget, base: block, disp: RunContext.Field.budget.offset, size: 8)
+        // A helper that faulted the run: record where, and stop.
+        e.cmpMemoryImm(base: block, disp: RunContext.Field.fault.offset, 0)
+        e.jcc(.notEqual, coldLabel(.helperFault(index: index)))
+        if h.unwindsOnZero {
+            e.alu(0x85, .rax, .rax, wide: true)
+            e.jcc(.equal, unwind)
+        }
     }
 
-    func reachableFromPrimary(_ target: UInt) -> Bool { Rel32.reaches(primary.0, primary.1, target, target + 1) }
-    func isInPrimary(_ a: UInt) -> Bool { a >= primary.0 && a < primary.1 }
-
-    mutating func atomic(_ i: BPFInstruction, base: X86Reg, disp: Int32, src: X86Reg, size: Int, index: Int) {
+    mutating func atomic(_ op: BPFAtomic, _ d: BPFDecoded, base: X86Reg, disp: Int32, src: X86Reg, size: Int, index: Int) {
         let wide = size == 8
         // Atomics must be naturally aligned, as in the interpreter.
-        if base != .r11 { e.lea(.r11, base: base, disp: disp) }
-        e.testImm(.r11, Int32(size - 1), wide: true)
-        cold.append((e.jcc32(.notEqual), .misalignedAtomic, index))
-        switch i.imm {
-        case 0x00: e.memoryOp([0x01], base: .r11, disp: 0, src, wide: wide, lock: true)
-        case 0x40: e.memoryOp([0x09], base: .r11, disp: 0, src, wide: wide, lock: true)
-        case 0x50: e.memoryOp([0x21], base: .r11, disp: 0, src, wide: wide, lock: true)
-        case 0xA0: e.memoryOp([0x31], base: .r11, disp: 0, src, wide: wide, lock: true)
-        case 0x01: e.memoryOp([0x0F, 0xC1], base: .r11, disp: 0, src, wide: wide, lock: true)  // xadd: src = old
-        case BPF.XCHG: e.memoryOp([0x87], base: .r11, disp: 0, src, wide: wide, lock: false)
-        case BPF.CMPXCHG:
+        e.lea(.r11, base: base, disp: disp)
+        if !d.access.aligned {
+            e.testLowByte(.r11, UInt8(size - 1))
+            e.jcc(.notEqual, coldLabel(.fault(.misalignedAtomic, index: index, restore: .none)))
+        }
+        switch op {
+        case .rmw(.add, false): e.memoryOp([0x01], base: .r11, disp: 0, src, wide: wide, lock: true)
+        case .rmw(.or, false): e.memoryOp([0x09], base: .r11, disp: 0, src, wide: wide, lock: true)
+        case .rmw(.and, false): e.memoryOp([0x21], base: .r11, disp: 0, src, wide: wide, lock: true)
+        case .rmw(.xor, false): e.memoryOp([0x31], base: .r11, disp: 0, src, wide: wide, lock: true)
+        case .rmw(.add, true): e.memoryOp([0x0F, 0xC1], base: .r11, disp: 0, src, wide: wide, lock: true)  // xadd: src = old
+        case .xchg: e.memoryOp([0x87], base: .r11, disp: 0, src, wide: wide, lock: false)
+        case .cmpxchg:
             e.memoryOp([0x0F, 0xB1], base: .r11, disp: 0, src, wide: wide, lock: true)
             if !wide { e.mov(.rax, .rax, wide: false) }  // r0 = the old value, zero-extended
-        default:
-            // Fetching and/or/xor: a compare-exchange loop on rax, keeping r0 in r10.
+        case let .rmw(kind, _):
+            // Fetching and/or/xor: a compare-exchange loop on rax, keeping r0 in r10 and the
+            // budget (r9) in the block while r9 is the scratch.
             let value: X86Reg = src == .rax ? .r10 : src
+            e.store(.r9, base: block, disp: RunContext.Field.spill.offset, size: 8)
             e.mov(.r10, .rax)
             e.load(.rax, base: .r11, disp: 0, size: size)
-            let retry = e.count
+            let retry = e.newLabel()
+            e.bind(retry)
             e.mov(.r9, .rax, wide: wide)
-            let rr: UInt8 = [0x41: 0x09, 0x51: 0x21, 0xA1: 0x31][i.imm]!
+            let rr: UInt8 = kind == .or ? 0x09 : kind == .and ? 0x21 : 0x31
             e.alu(rr, .r9, value, wide: wide)
             e.memoryOp([0x0F, 0xB1], base: .r11, disp: 0, .r9, wide: wide, lock: true)
-            let back = e.jcc32(.notEqual)
-            e.patch(back, to: retry)
+            e.jcc(.notEqual, retry)
             e.mov(src, .rax, wide: wide)  // the old value
             if src != .rax { e.mov(.rax, .r10) }
+            e.load(.r9, base: block, disp: RunContext.Field.spill.offset, size: 8)
         }
     }
 }

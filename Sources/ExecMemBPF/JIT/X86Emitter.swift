@@ -2,6 +2,8 @@
 // Operands are registers and `[base + disp]` memory; REX prefixes, ModRM and SIB bytes are worked out
 // here so the JIT reads like assembly.
 
+import ExecMem
+
 enum X86Reg: UInt8 {
     case rax = 0, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15
     var low: UInt8 { rawValue & 7 }
@@ -18,9 +20,109 @@ struct X86Emitter {
     var bytes: [UInt8] = []
     var count: Int { bytes.count }
 
-    mutating func emit(_ b: UInt8...) { bytes += b }
-    mutating func emit32(_ v: Int32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func emit64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    init(capacity: Int = 256) { bytes.reserveCapacity(capacity) }
+
+    @inline(__always) mutating func emit(_ a: UInt8) { bytes.append(a) }
+    @inline(__always) mutating func emit(_ a: UInt8, _ b: UInt8) { bytes.append(a); bytes.append(b) }
+    @inline(__always) mutating func emit(_ a: UInt8, _ b: UInt8, _ c: UInt8) { bytes.append(a); bytes.append(b); bytes.append(c) }
+    mutating func emit32(_ v: Int32) {
+        let u = UInt32(bitPattern: v)
+        bytes.append(UInt8(truncatingIfNeeded: u)); bytes.append(UInt8(truncatingIfNeeded: u >> 8))
+        bytes.append(UInt8(truncatingIfNeeded: u >> 16)); bytes.append(UInt8(truncatingIfNeeded: u >> 24))
+    }
+    mutating func emit64(_ v: UInt64) { emit32(Int32(truncatingIfNeeded: v)); emit32(Int32(truncatingIfNeeded: v >> 32)) }
+
+    // MARK: - Labels, and jumps that become short when they can
+
+    /// Offset each label is bound to (-1 until bound).
+    var labels: [Int] = []
+    /// Control transfers to patch when the code is laid out, in emission order.
+    var fixups: [Fixup] = []
+
+    struct Fixup {
+        enum Kind { case jmp, jcc(X86Condition), call, external(UInt) }
+        var at: Int
+        var kind: Kind
+        var label: Int
+        /// Bytes of the long form (the only form of calls).
+        var length: Int {
+            switch kind {
+            case .jcc: 6
+            default: 5
+            }
+        }
+        var relaxable: Bool {
+            switch kind {
+            case .jmp, .jcc: true
+            default: false
+            }
+        }
+    }
+
+    mutating func newLabel() -> Int { labels.append(-1); return labels.count - 1 }
+    mutating func bind(_ label: Int) { labels[label] = count }
+
+    mutating func jmp(_ label: Int) { fixups.append(Fixup(at: count, kind: .jmp, label: label)); emit(0xE9); emit32(0) }
+    mutating func jcc(_ c: X86Condition, _ label: Int) { fixups.append(Fixup(at: count, kind: .jcc(c), label: label)); emit(0x0F, 0x80 + c.rawValue); emit32(0) }
+    /// `call rel32` to code in this buffer.
+    mutating func call(_ label: Int) { fixups.append(Fixup(at: count, kind: .call, label: label)); emit(0xE8); emit32(0) }
+    /// `call rel32` to an absolute address, resolved when the code's address is known.
+    mutating func callExternal(_ target: UInt) { fixups.append(Fixup(at: count, kind: .external(target), label: -1)); emit(0xE8); emit32(0) }
+
+    /// Lays the code out at `base` (nil: size only): jumps whose target is within a signed byte
+    /// become 2-byte forms, and every displacement is filled in. Shrinking one jump never lengthens
+    /// another's distance, so each decision stays valid; a few rounds reach the fixed point.
+    /// Returns the final bytes and a map from emission offsets to final ones.
+    func link(base: UInt?) -> (bytes: [UInt8], position: (Int) -> Int) {
+        var short = [Bool](repeating: false, count: fixups.count)
+        var saved = [Int](repeating: 0, count: fixups.count + 1)  // bytes saved before fixup k
+        let starts = fixups.map(\.at)
+        func before(_ p: Int) -> Int {  // fixups starting before p
+            var lo = 0, hi = starts.count
+            while lo < hi { let m = (lo + hi) / 2; if starts[m] < p { lo = m + 1 } else { hi = m } }
+            return lo
+        }
+        func position(_ p: Int) -> Int { p - saved[before(p)] }
+        for _ in 0..<6 {
+            for k in fixups.indices { saved[k + 1] = saved[k] + (short[k] ? fixups[k].length - 2 : 0) }
+            var changed = false
+            for (k, f) in fixups.enumerated() where f.relaxable && !short[k] {
+                let target = labels[f.label]
+                let from = position(f.at) + 2
+                let to = position(target) - (target > f.at ? f.length - 2 : 0)
+                if Int8(exactly: to - from) != nil { short[k] = true; changed = true }
+            }
+            if !changed { break }
+        }
+        for k in fixups.indices { saved[k + 1] = saved[k] + (short[k] ? fixups[k].length - 2 : 0) }
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count)
+        var next = 0
+        for (k, f) in fixups.enumerated() {
+            out.append(contentsOf: bytes[next..<f.at])
+            next = f.at + f.length
+            let end = out.count + (short[k] ? 2 : f.length)
+            func rel32(_ d: Int) { withUnsafeBytes(of: Int32(truncatingIfNeeded: d).littleEndian) { out.append(contentsOf: $0) } }
+            switch f.kind {
+            case .jmp, .jcc:
+                let d = position(labels[f.label]) - end
+                if short[k] {
+                    if case let .jcc(c) = f.kind { out.append(0x70 + c.rawValue) } else { out.append(0xEB) }
+                    out.append(UInt8(bitPattern: Int8(d)))
+                } else {
+                    if case let .jcc(c) = f.kind { out.append(0x0F); out.append(0x80 + c.rawValue) } else { out.append(0xE9) }
+                    rel32(d)
+                }
+            case .call:
+                out.append(0xE8); rel32(position(labels[f.label]) - end)
+            case let .external(target):
+                out.append(0xE8)
+                rel32(base.flatMap { Rel32.displacement(from: $0 + UInt(end), to: target) }.map(Int.init) ?? 0)
+            }
+        }
+        out.append(contentsOf: bytes[next...])
+        return (out, position)
+    }
 
     /// REX prefix; `force` emits it even when empty (byte registers sil, dil, bpl, spl).
     mutating func rex(w: Bool, r: X86Reg? = nil, x: Bool = false, b: X86Reg? = nil, force: Bool = false) {
@@ -189,19 +291,35 @@ struct X86Emitter {
     mutating func ret() { emit(0xC3) }
     mutating func callRegister(_ r: X86Reg) { rex(w: false, b: r); emit(0xFF); modrm(reg: 2, rm: r) }
 
-    /// `jmp rel32` / `jcc rel32` / `call rel32` with a zero displacement; returns where the field is.
-    mutating func jmp32() -> Int { emit(0xE9); emit32(0); return count - 4 }
-    mutating func jcc32(_ c: X86Condition) -> Int { emit(0x0F, 0x80 + c.rawValue); emit32(0); return count - 4 }
-    mutating func call32() -> Int { emit(0xE8); emit32(0); return count - 4 }
 
-    /// Points the rel32 field at `field` to `target` (offsets within this code).
-    mutating func patch(_ field: Int, to target: Int) {
-        let d = Int32(target - (field + 4))
-        withUnsafeBytes(of: d.littleEndian) { for (i, b) in $0.enumerated() { bytes[field + i] = b } }
+    // MARK: - Forms for checks and the budget
+
+    /// `op reg, [base + disp]` (64-bit): 3B cmp, 2B sub, 03 add.
+    mutating func aluMemory(_ opcode: UInt8, _ r: X86Reg, base: X86Reg, disp: Int32) {
+        rex(w: true, r: r, b: base); emit(opcode); memory(reg: r.rawValue, base: base, disp: disp)
     }
 
-    /// A rel32 field holding `displacement` directly.
-    mutating func patch(_ field: Int, displacement: Int32) {
-        withUnsafeBytes(of: displacement.littleEndian) { for (i, b) in $0.enumerated() { bytes[field + i] = b } }
+    /// `cmp qword [base + disp], imm32` (sign-extended; imm8 form when it fits).
+    mutating func cmpMemoryImm(base: X86Reg, disp: Int32, _ imm: Int32) {
+        rex(w: true, b: base)
+        if let small = Int8(exactly: imm) {
+            emit(0x83); memory(reg: 7, base: base, disp: disp); emit(UInt8(bitPattern: small))
+        } else {
+            emit(0x81); memory(reg: 7, base: base, disp: disp); emit32(imm)
+        }
+    }
+
+    /// `test r8, imm8` (low byte).
+    mutating func testLowByte(_ r: X86Reg, _ imm: UInt8) {
+        rex(w: false, b: r, force: r.rawValue >= 4); emit(0xF6); modrm(reg: 0, rm: r); emit(imm)
+    }
+
+    /// BMI2 `shlx`/`shrx`/`sarx dst, src, count` (`prefix` 1 = 66 shlx, 3 = F2 shrx, 2 = F3 sarx).
+    mutating func shiftX(_ prefix: UInt8, _ dst: X86Reg, _ src: X86Reg, count: X86Reg, wide: Bool) {
+        emit(0xC4)
+        emit((dst.extended ? 0 : 0x80) | 0x40 | (src.extended ? 0 : 0x20) | 0x02)  // ~R, ~X, ~B, map 0F38
+        emit((wide ? 0x80 : 0) | (~count.rawValue & 0xF) << 3 | prefix)
+        emit(0xF7)
+        modrm(reg: dst.rawValue, rm: src)
     }
 }

@@ -1,0 +1,180 @@
+// What the verifier knows at one point of a program: for each register, whether it was written and
+// what it holds (a scalar in some bounds, or a pointer into one region at some offsets, or a map
+// handle), and for the current function's 512-byte stack frame, which bytes were written on every
+// path and which 8-byte slots hold a spilled register. Joining two states keeps only what both
+// know, so a fact that survives a join holds on every path into that point.
+
+/// What one register holds.
+enum AbstractValue: Equatable, Sendable {
+    /// Never written on some path: reading it is an error (it may hold host values in JIT code).
+    case uninitialized
+    /// A number. `length`: exactly the run's context length (r2 at entry, or a copy of it).
+    case scalar(Bounds, length: Bool)
+    /// An address `region base + offset`, offset within the bounds (signed). For the stack the base is
+    /// this function's r10; callers' frames are at offsets 0 and above.
+    case pointer(BPFRegion, Bounds)
+    /// A map, by index in the program's map list (what `lddw map[N]` loads).
+    case mapHandle(Int)
+    /// What `bpf_map_lookup_elem` returned: a pointer to a value of map N, or 0. `id` names the call
+    /// that made it so that a null test of one copy applies to all copies; 0 when that is unknown.
+    case mapValueOrNull(Int, id: Int)
+
+    static let unknownScalar = AbstractValue.scalar(.unknown, length: false)
+    static func constant(_ v: UInt64) -> AbstractValue { .scalar(.constant(v), length: false) }
+
+    var isInitialized: Bool { self != .uninitialized }
+
+    var bounds: Bounds? {
+        if case let .scalar(b, _) = self { return b }
+        return nil
+    }
+
+    func join(_ o: AbstractValue) -> AbstractValue {
+        switch (self, o) {
+        case (.uninitialized, _), (_, .uninitialized): return .uninitialized
+        case let (.scalar(a, la), .scalar(b, lb)): return .scalar(a.union(b), length: la && lb)
+        case let (.pointer(r, a), .pointer(q, b)) where r == q: return .pointer(r, a.union(b))
+        case let (.mapHandle(a), .mapHandle(b)) where a == b: return self
+        case let (.mapValueOrNull(m, i), .mapValueOrNull(n, j)) where m == n: return .mapValueOrNull(m, id: i == j ? i : 0)
+        case let (.mapValueOrNull(m, _), .pointer(.map(n), b)) where m == n && b.constant == 0: return .mapValueOrNull(m, id: 0)
+        case let (.pointer(.map(n), b), .mapValueOrNull(m, _)) where m == n && b.constant == 0: return .mapValueOrNull(m, id: 0)
+        case let (.mapValueOrNull(m, _), .scalar(b, _)) where b.constant == 0: return .mapValueOrNull(m, id: 0)
+        case let (.scalar(b, _), .mapValueOrNull(m, _)) where b.constant == 0: return .mapValueOrNull(m, id: 0)
+        default: return .unknownScalar
+        }
+    }
+
+    func widened(to o: AbstractValue, thresholds t: Thresholds) -> AbstractValue {
+        switch (self, o) {
+        case let (.scalar(a, la), .scalar(b, lb)): return .scalar(a.widened(to: b, thresholds: t), length: la && lb)
+        case let (.pointer(r, a), .pointer(q, b)) where r == q: return .pointer(r, a.widened(to: b, thresholds: t))
+        default: return join(o)
+        }
+    }
+
+    /// For messages: what the register holds.
+    var described: String {
+        switch self {
+        case .uninitialized: "not initialized"
+        case let .scalar(b, _): b.constant.map { "the number \(Int64(bitPattern: $0))" } ?? "a number"
+        case let .pointer(r, _): "a pointer to \(r.described)"
+        case let .mapHandle(m): "map \(m)"
+        case let .mapValueOrNull(m, _): "a value of map \(m) or null (test it against 0 first)"
+        }
+    }
+}
+
+extension BPFRegion {
+    var described: String {
+        switch self {
+        case .stack: "the stack"
+        case .context: "the context"
+        case let .map(m): "a value of map \(m)"
+        }
+    }
+}
+
+/// The current function's frame: 512 bytes below r10, as 64 slots of 8 bytes.
+struct StackState: Equatable, Sendable {
+    static let slots = BPF.stackSize / 8
+    /// Bit k of word k / 64: byte `-512 + k` was written on every path.
+    var written: [UInt64] = [UInt64](repeating: 0, count: BPF.stackSize / 64)
+    /// Slots holding an 8-byte spill of a register, by slot (slot 0 is r10-512), sorted.
+    var spills: [(slot: Int, value: AbstractValue)] = []
+
+    static func == (a: StackState, b: StackState) -> Bool {
+        a.written == b.written && a.spills.count == b.spills.count && zip(a.spills, b.spills).allSatisfy { $0.slot == $1.slot && $0.value == $1.value }
+    }
+
+    /// Byte index (0..<512) of frame offset `offset` (-512..<0).
+    static func byte(_ offset: Int) -> Int { offset + BPF.stackSize }
+
+    func isWritten(_ offset: Int, _ size: Int) -> Bool {
+        for k in Self.byte(offset)..<(Self.byte(offset) + size) where written[k >> 6] & (1 << UInt64(k & 63)) == 0 { return false }
+        return true
+    }
+
+    mutating func markWritten(_ offset: Int, _ size: Int) {
+        for k in Self.byte(offset)..<(Self.byte(offset) + size) { written[k >> 6] |= 1 << UInt64(k & 63) }
+    }
+
+    func spill(at offset: Int) -> AbstractValue? {
+        guard offset & 7 == 0 else { return nil }
+        let slot = Self.byte(offset) >> 3
+        return spills.first { $0.slot == slot }?.value
+    }
+
+    /// Forgets spills overlapping `[lo, hi)` (frame offsets, clamped to the frame).
+    mutating func clobber(_ lo: Int, _ hi: Int) {
+        let a = max(lo, -BPF.stackSize), b = min(hi, 0)
+        guard a < b else { return }
+        let first = Self.byte(a) >> 3, last = (Self.byte(b) - 1) >> 3
+        spills.removeAll { $0.slot >= first && $0.slot <= last }
+    }
+
+    mutating func setSpill(_ offset: Int, _ value: AbstractValue) {
+        clobber(offset, offset + 8)
+        let slot = Self.byte(offset) >> 3
+        let at = spills.firstIndex { $0.slot > slot } ?? spills.count
+        spills.insert((slot, value), at: at)
+    }
+
+    func join(_ o: StackState, widen t: Thresholds?) -> StackState {
+        var r = StackState()
+        for k in 0..<written.count { r.written[k] = written[k] & o.written[k] }
+        for s in spills {
+            guard let other = o.spills.first(where: { $0.slot == s.slot }) else { continue }
+            let v = t.map { s.value.widened(to: other.value, thresholds: $0) } ?? s.value.join(other.value)
+            if v.isInitialized { r.spills.append((s.slot, v)) }
+        }
+        return r
+    }
+}
+
+/// The whole state at one program point.
+struct AbstractState: Equatable, Sendable {
+    /// r0-r10; r10 is always the frame pointer.
+    var registers: [AbstractValue]
+    var stack = StackState()
+    /// The context is proven at least this long (from tests of the length in r2).
+    var contextLength: UInt64 = 0
+
+    init(registers: [AbstractValue]) { self.registers = registers }
+
+    subscript(_ r: UInt8) -> AbstractValue {
+        get { registers[Int(r)] }
+        set { registers[Int(r)] = newValue }
+    }
+
+    /// Main's state at entry: r1 the context, r2 its length, the others 0 (both engines clear them).
+    static var entry: AbstractState {
+        var regs = [AbstractValue](repeating: .constant(0), count: 11)
+        regs[1] = .pointer(.context, .constant(0))
+        regs[2] = .scalar(.unknown, length: true)
+        regs[10] = .pointer(.stack, .constant(0))
+        return AbstractState(registers: regs)
+    }
+
+    func join(_ o: AbstractState, widen t: Thresholds?) -> AbstractState {
+        var r = self
+        for k in 0..<11 {
+            r.registers[k] = t.map { registers[k].widened(to: o.registers[k], thresholds: $0) } ?? registers[k].join(o.registers[k])
+        }
+        r.stack = stack.join(o.stack, widen: t)
+        r.contextLength = min(contextLength, o.contextLength)
+        return r
+    }
+
+    /// Applies `f` to every register and spill (for null-test propagation and call clean-up).
+    mutating func mapValues(_ f: (AbstractValue) -> AbstractValue) {
+        for k in 0..<10 { registers[k] = f(registers[k]) }
+        for k in stack.spills.indices { stack.spills[k].value = f(stack.spills[k].value) }
+    }
+
+    /// Initialized registers as a bit mask (bit n = rn).
+    var readableMask: UInt16 {
+        var m: UInt16 = 0
+        for k in 0..<11 where registers[k].isInitialized { m |= 1 << UInt16(k) }
+        return m
+    }
+}
