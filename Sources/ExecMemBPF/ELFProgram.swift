@@ -34,8 +34,10 @@ public struct BPFObject {
 }
 
 extension BPFVM {
-    /// Loads `function` (default: the first function of the first program section) from an object.
-    public func load(elf bytes: [UInt8], name: String = "object", function: String? = nil) throws(BPFError) -> BPFProgram {
+    /// Loads `function` (default: the first function of the first program section) from an object;
+    /// `budget` is each run's default instruction budget.
+    public func load(elf bytes: [UInt8], name: String = "object", function: String? = nil,
+                     budget: UInt64 = BPFProgram.defaultBudget) throws(BPFError) -> BPFProgram {
         let object = try BPFObject(bytes: bytes, name: name)
         let f = object.file
         let wanted = function ?? object.programFunctions.first ?? object.allFunctions.first
@@ -131,7 +133,7 @@ extension BPFVM {
                 }
             }
         }
-        return try load(code, name: wanted, maps: maps)
+        return try load(code, name: wanted, maps: maps, budget: budget)
     }
 }
 

@@ -37,9 +37,13 @@ final class RunContext {
         var offset: Int32 { Int32(rawValue * 8) }
 
         /// `stackHi - size`: the highest address an access of `size` bytes may start at.
-        static func stackLimit(_ size: Int) -> Field { [1: .stackLimit1, 2: .stackLimit2, 4: .stackLimit4][size] ?? .stackLimit8 }
+        @inline(__always) static func stackLimit(_ size: Int) -> Field {
+            switch size { case 1: .stackLimit1; case 2: .stackLimit2; case 4: .stackLimit4; default: .stackLimit8 }
+        }
         /// `len - size + 1` (0 when `size` bytes do not fit): context offsets below it are allowed.
-        static func memLimit(_ size: Int) -> Field { [1: .memLimit1, 2: .memLimit2, 4: .memLimit4][size] ?? .memLimit8 }
+        @inline(__always) static func memLimit(_ size: Int) -> Field {
+            switch size { case 1: .memLimit1; case 2: .memLimit2; case 4: .memLimit4; default: .memLimit8 }
+        }
     }
 
     let block: UnsafeMutablePointer<UInt64>

@@ -76,6 +76,14 @@ public enum CPrograms {
         return out
     }
 
+    /// The same C as a shared object (`clang -O2 -shared -fPIC`), for timing in process; returns its path.
+    public static func compileNativeShared(_ name: String, in dir: String) throws -> String {
+        guard let clang else { throw Failure(description: "no clang found") }
+        let out = "\(dir)/\(name)-native.so"
+        _ = try run(clang, ["-O2", "-shared", "-fPIC", "\(directory)/\(name).c", "-o", out])
+        return out
+    }
+
     /// Runs a native build on `input`; returns r0 and the memory afterwards.
     public static func runNative(_ executable: String, input: [UInt8], in dir: String) throws -> (UInt64, [UInt8]) {
         let file = "\(dir)/input-\(UInt32.random(in: 0...UInt32.max)).bin"

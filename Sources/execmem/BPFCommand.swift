@@ -2,7 +2,7 @@
 // differential fuzzing, over ExecMemBPF.
 
 import ArgumentParser
-import ExecMemBPF
+@_spi(Benchmark) import ExecMemBPF
 import Foundation
 
 extension BPFEngine: ExpressibleByArgument {}
@@ -11,7 +11,7 @@ struct BPFCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bpf",
         abstract: "eBPF: verifier, interpreter and an x86-64 JIT that packs programs into shared 2 MiB blocks.",
-        subcommands: [Run.self, Asm.self, Disasm.self, Conformance.self, Plugin.self, Fuzz.self])
+        subcommands: [Run.self, Verify.self, Asm.self, Disasm.self, Conformance.self, Plugin.self, Fuzz.self])
 }
 
 /// Reads a whole file, or standard input for "-".
@@ -51,14 +51,57 @@ extension BPFCommand {
         @Option(help: "A file of raw bytes given to the program as r1 (address) and r2 (length).") var mem: String?
         @Option(help: "The function to run, for ELF objects.") var function: String?
         @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
+        @Option(help: "Instruction budget of the run (a run that needs more stops with an error).") var budget: UInt64 = BPFProgram.defaultBudget
+        @Option(help: "Write the JIT's machine code to this file (for objdump -b binary -m i386:x86-64).") var dumpJit: String?
 
         func run() throws {
             do {
                 let vm = BPFVM()
                 let (program, fileMemory) = try loadProgram(file, function: function, vm: vm)
                 let memory = try mem.map(readInput) ?? fileMemory
-                let r0 = try program.run(bytes: memory, engine: engine)
+                let r0 = try program.run(bytes: memory, engine: engine, budget: budget)
+                if let dumpJit, let code = program.jitBytes { try Data(code).write(to: URL(fileURLWithPath: dumpJit)) }
                 print("0x" + String(r0, radix: 16))
+            } catch let e as BPFError {
+                throw fail(e.description)
+            }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Verify a program and print what the verifier proved (or why it refuses it).")
+        @Argument(help: "The program (.o, .data, .s or raw bytecode).") var file: String
+        @Option(help: "The function, for ELF objects.") var function: String?
+        @Flag(help: "Print each instruction with the registers readable there and how its access is checked.") var listing = false
+        @Option(help: "Verify this many times and print the time per verification.") var times: Int = 0
+
+        func run() throws {
+            do {
+                let (program, _) = try loadProgram(file, function: function, vm: BPFVM())
+                if self.times > 0 {
+                    let verifier = BPFVerifier(helpers: BPFVM().helpers, maps: program.maps)
+                    let started = Date()
+                    for _ in 0..<self.times { _ = try verifier.verify(program.instructions) }
+                    print(String(format: "verify: %.1f us", Date().timeIntervalSince(started) * 1e6 / Double(self.times)))
+                }
+                let v = program.verified
+                print("\(v.instructions.count) instructions in \(v.functions.count) function\(v.functions.count == 1 ? "" : "s"): accepted")
+                print("memory accesses: \(v.provenAccesses) proven in bounds (no run-time check), \(v.checkedAccesses) checked against their region")
+                print("loops: \(v.loopHeaders.count) (each back edge charges the budget: \(v.loopHeaders.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")))")
+                print("analysis: \(v.blocks) blocks, \(v.blockAnalyses) block analyses to the fixed point")
+                print("stack cleared per run: \(v.stackZeroBytes) bytes\(v.stackZeroBytes == 0 ? " (every stack read follows a write)" : "")")
+                if v.unreachableInstructions > 0 { print("unreachable instructions: \(v.unreachableInstructions)") }
+                if listing {
+                    var i = 0
+                    while i < v.instructions.count {
+                        let insn = v.instructions[i]
+                        let regs = (0...10).filter { v.readable[i] & (1 << $0) != 0 }.map { "r\($0)" }.joined(separator: " ")
+                        let text = BPFDisassembler.text(insn, next: i + 1 < v.instructions.count ? v.instructions[i + 1] : nil)
+                        let note = v.accessNote(at: i).map { "  ; \($0)" } ?? ""
+                        print(String(format: "%5d  ", i) + text.padding(toLength: 36, withPad: " ", startingAt: 0) + " [\(regs)]" + note)
+                        i += insn.opcode == BPF.LDDW ? 2 : 1
+                    }
+                }
             } catch let e as BPFError {
                 throw fail(e.description)
             }

@@ -21,11 +21,16 @@
 import ExecMem
 import Glibc
 
+/// How the JIT compiles one program. A value type; the defaults are the safe ones.
 public struct JITOptions: Sendable {
     /// Check the accesses the verifier could not prove (the default). Off only for programs the
     /// host trusts: an unproven access then goes unchecked.
     public var boundsChecks: Bool
-    public init(boundsChecks: Bool = true) { self.boundsChecks = boundsChecks }
+    /// Charge the instruction budget at back edges and calls (the default). Off only for programs
+    /// the host trusts to end (and to measure what the budget costs): such a run is unbounded on the
+    /// JIT, while the interpreter still charges.
+    public var budget: Bool
+    public init(boundsChecks: Bool = true, budget: Bool = true) { self.boundsChecks = boundsChecks; self.budget = budget }
 }
 
 enum BPFJIT {
@@ -131,7 +136,7 @@ struct Compiler {
         var i = 0
         var deadRun = false
         while i < code.count {
-            if let pad = pads[i] {
+            if let pad = pads[i], options.budget {
                 if i > 0 && fallsThrough(into: i) { e.jmp(labels[i]) }
                 e.bind(pad)
                 e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: program.verified.loopHeaders[i]!), wide: true)
@@ -316,8 +321,16 @@ struct Compiler {
 
     mutating func alu(_ op: BPFALU, _ d: BPFDecoded, dst: X86Reg, src: X86Reg, wide: Bool, register: Bool) {
         let imm = Int32(truncatingIfNeeded: d.imm)
-        let groupOne: [BPFALU: (UInt8, UInt8)] = [.add: (0x01, 0), .sub: (0x29, 5), .or: (0x09, 1), .and: (0x21, 4), .xor: (0x31, 6)]
-        if let (rr, ext) = groupOne[op] {
+        let groupOne: (UInt8, UInt8)?
+        switch op {
+        case .add: groupOne = (0x01, 0)
+        case .sub: groupOne = (0x29, 5)
+        case .or: groupOne = (0x09, 1)
+        case .and: groupOne = (0x21, 4)
+        case .xor: groupOne = (0x31, 6)
+        default: groupOne = nil
+        }
+        if let (rr, ext) = groupOne {
             if register {
                 if op == .xor && dst == src { e.alu(0x31, dst, dst, wide: false); return }  // also zero-extends
                 e.alu(rr, dst, src, wide: wide)
@@ -438,7 +451,7 @@ struct Compiler {
 
     mutating func jump(_ d: BPFDecoded, at index: Int, condition: BPFCondition?, wide: Bool, register: Bool, dst: X86Reg, src: X86Reg) {
         let t = Int(d.target)
-        let target = t <= index ? pads[t]! : labels[t]
+        let target = t <= index && options.budget ? pads[t]! : labels[t]
         guard let condition else {
             if t != index + 1 { e.jmp(target) }
             return
@@ -454,11 +467,22 @@ struct Compiler {
         } else {
             e.aluImm(7, dst, imm, wide: wide)
         }
-        let conditions: [BPFCondition: X86Condition] = [
-            .eq: .equal, .ne: .notEqual, .set: .notEqual, .gt: .above, .ge: .aboveOrEqual,
-            .lt: .below, .le: .belowOrEqual, .sgt: .greater, .sge: .greaterOrEqual, .slt: .less, .sle: .lessOrEqual,
-        ]
-        e.jcc(conditions[condition]!, target)
+        e.jcc(Self.x86(condition), target)
+    }
+
+    static func x86(_ c: BPFCondition) -> X86Condition {
+        switch c {
+        case .eq: .equal
+        case .ne, .set: .notEqual
+        case .gt: .above
+        case .ge: .aboveOrEqual
+        case .lt: .below
+        case .le: .belowOrEqual
+        case .sgt: .greater
+        case .sge: .greaterOrEqual
+        case .slt: .less
+        case .sle: .lessOrEqual
+        }
     }
 
     mutating func callLocal(_ d: BPFDecoded, at index: Int) {
@@ -466,8 +490,10 @@ struct Compiler {
         e.lea(.r11, base: .rbp, disp: Int32(-BPF.stackSize))
         e.aluMemory(0x3B, .r11, base: block, disp: RunContext.Field.callFloor.offset)
         e.jcc(.below, coldLabel(.fault(.callDepth, index: index, restore: .none)))
-        e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: d.charge), wide: true)
-        e.jcc(.below, coldLabel(.fault(.budget, index: index, restore: .none)))
+        if options.budget {
+            e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: d.charge), wide: true)
+            e.jcc(.below, coldLabel(.fault(.budget, index: index, restore: .none)))
+        }
         for r in [X86Reg.rbx, .r13, .r14, .r15, .rbp] { e.push(r) }  // 40 bytes + the return address
         e.mov(.rbp, .r11)
         e.call(labels[Int(d.target)])

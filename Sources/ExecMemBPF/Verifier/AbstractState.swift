@@ -22,7 +22,10 @@ enum AbstractValue: Equatable, Sendable {
     static let unknownScalar = AbstractValue.scalar(.unknown, length: false)
     static func constant(_ v: UInt64) -> AbstractValue { .scalar(.constant(v), length: false) }
 
-    var isInitialized: Bool { self != .uninitialized }
+    var isInitialized: Bool {
+        if case .uninitialized = self { return false }
+        return true
+    }
 
     var bounds: Bounds? {
         if case let .scalar(b, _) = self { return b }
@@ -78,12 +81,17 @@ extension BPFRegion {
 struct StackState: Equatable, Sendable {
     static let slots = BPF.stackSize / 8
     /// Bit k of word k / 64: byte `-512 + k` was written on every path.
-    var written: [UInt64] = [UInt64](repeating: 0, count: BPF.stackSize / 64)
-    /// Slots holding an 8-byte spill of a register, by slot (slot 0 is r10-512), sorted.
-    var spills: [(slot: Int, value: AbstractValue)] = []
+    var written = SIMD8<UInt64>(repeating: 0)
+    /// Slots holding an 8-byte spill of a register, sorted by slot (slot 0 is r10-512).
+    var spills: [Spill] = []
+
+    struct Spill: Equatable, Sendable {
+        var slot: Int
+        var value: AbstractValue
+    }
 
     static func == (a: StackState, b: StackState) -> Bool {
-        a.written == b.written && a.spills.count == b.spills.count && zip(a.spills, b.spills).allSatisfy { $0.slot == $1.slot && $0.value == $1.value }
+        a.written == b.written && a.spills == b.spills
     }
 
     /// Byte index (0..<512) of frame offset `offset` (-512..<0).
@@ -106,6 +114,7 @@ struct StackState: Equatable, Sendable {
 
     /// Forgets spills overlapping `[lo, hi)` (frame offsets, clamped to the frame).
     mutating func clobber(_ lo: Int, _ hi: Int) {
+        guard !spills.isEmpty else { return }
         let a = max(lo, -BPF.stackSize), b = min(hi, 0)
         guard a < b else { return }
         let first = Self.byte(a) >> 3, last = (Self.byte(b) - 1) >> 3
@@ -116,16 +125,17 @@ struct StackState: Equatable, Sendable {
         clobber(offset, offset + 8)
         let slot = Self.byte(offset) >> 3
         let at = spills.firstIndex { $0.slot > slot } ?? spills.count
-        spills.insert((slot, value), at: at)
+        spills.insert(Spill(slot: slot, value: value), at: at)
     }
 
     func join(_ o: StackState, widen t: Thresholds?) -> StackState {
         var r = StackState()
-        for k in 0..<written.count { r.written[k] = written[k] & o.written[k] }
+        r.written = written & o.written
+        guard !spills.isEmpty, !o.spills.isEmpty else { return r }
         for s in spills {
             guard let other = o.spills.first(where: { $0.slot == s.slot }) else { continue }
             let v = t.map { s.value.widened(to: other.value, thresholds: $0) } ?? s.value.join(other.value)
-            if v.isInitialized { r.spills.append((s.slot, v)) }
+            if v.isInitialized { r.spills.append(Spill(slot: s.slot, value: v)) }
         }
         return r
     }
@@ -141,6 +151,12 @@ struct AbstractState: Equatable, Sendable {
 
     init(registers: [AbstractValue]) { self.registers = registers }
 
+    static func == (a: AbstractState, b: AbstractState) -> Bool {
+        guard a.contextLength == b.contextLength else { return false }
+        for k in 0..<11 where a.registers[k] != b.registers[k] { return false }
+        return a.stack == b.stack
+    }
+
     subscript(_ r: UInt8) -> AbstractValue {
         get { registers[Int(r)] }
         set { registers[Int(r)] = newValue }
@@ -155,14 +171,19 @@ struct AbstractState: Equatable, Sendable {
         return AbstractState(registers: regs)
     }
 
-    func join(_ o: AbstractState, widen t: Thresholds?) -> AbstractState {
-        var r = self
-        for k in 0..<11 {
-            r.registers[k] = t.map { registers[k].widened(to: o.registers[k], thresholds: $0) } ?? registers[k].join(o.registers[k])
+    /// Joins `o` into this state; returns whether anything changed.
+    mutating func join(_ o: borrowing AbstractState, widen t: Thresholds?) -> Bool {
+        var changed = false
+        for k in 0..<11 where registers[k] != o.registers[k] {
+            let v = t.map { registers[k].widened(to: o.registers[k], thresholds: $0) } ?? registers[k].join(o.registers[k])
+            if v != registers[k] { registers[k] = v; changed = true }
         }
-        r.stack = stack.join(o.stack, widen: t)
-        r.contextLength = min(contextLength, o.contextLength)
-        return r
+        if stack != o.stack {
+            let joined = stack.join(o.stack, widen: t)
+            if joined != stack { stack = joined; changed = true }
+        }
+        if o.contextLength < contextLength { contextLength = o.contextLength; changed = true }
+        return changed
     }
 
     /// Applies `f` to every register and spill (for null-test propagation and call clean-up).

@@ -77,15 +77,22 @@ struct Thresholds: Sendable {
     var unsigned: [UInt64]
     var signed: [Int64]
 
+    /// No thresholds: a widened bound goes straight to its limit.
+    static let none = Thresholds(unsigned: [], signed: [])
+    private init(unsigned: [UInt64], signed: [Int64]) { self.unsigned = unsigned; self.signed = signed }
+
     init(_ values: some Sequence<Int64>) {
-        var s = Set<Int64>([0, 1, -1, 512, -512, Int64(Int32.max), Int64(Int32.min), Int64(UInt32.max)])
+        var all: [Int64] = [0, 1, -1, 512, -512, Int64(Int32.max), Int64(Int32.min), Int64(UInt32.max)]
         for v in values {
-            s.insert(v)
-            if v != .max { s.insert(v + 1) }
-            if v != .min { s.insert(v - 1) }
+            all.append(v)
+            if v != .max { all.append(v + 1) }
+            if v != .min { all.append(v - 1) }
         }
-        signed = s.sorted()
-        unsigned = Set(s.map { UInt64(bitPattern: $0) }).sorted()
+        all.sort()
+        signed = all.uniqued()
+        var u = signed.map { UInt64(bitPattern: $0) }
+        u.sort()
+        unsigned = u.uniqued()
     }
 
     func unsignedAbove(_ v: UInt64) -> UInt64 { firstIndex(unsigned, { $0 >= v }).map { unsigned[$0] } ?? .max }
@@ -233,5 +240,15 @@ extension Bounds {
         if smin == s && s != .max { r.smin = s + 1 }
         if smax == s && smin != smax && s != .min { r.smax = s - 1 }
         return r
+    }
+}
+
+extension Array where Element: Equatable {
+    /// A sorted array without repeats.
+    func uniqued() -> [Element] {
+        var out: [Element] = []
+        out.reserveCapacity(count)
+        for x in self where out.last != x { out.append(x) }
+        return out
     }
 }

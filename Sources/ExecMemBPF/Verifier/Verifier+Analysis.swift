@@ -26,7 +26,9 @@ struct Analysis {
     var blockStart: [Int] = []
     var blockEnd: [Int] = []
     var isLoopHeader: [Bool]
-    var entry: [AbstractState?] = []
+    let hasBackEdge: Bool
+    var entry: [AbstractState] = []
+    var entered: [Bool] = []
     var visits: [Int] = []
     var queued: [Bool] = []
     var worklist = MinHeap()
@@ -46,9 +48,10 @@ struct Analysis {
     var reached: [Bool]
     var readable: [UInt16]
     var needsZeroedStack = false
+    var analysedBlocks = 0
 
     /// Rounds of plain joins at a loop header or function entry before widening.
-    static let joinsBeforeWidening = 8
+    static let joinsBeforeWidening = 1
 
     init(program: [BPFInstruction], code: [BPFDecoded], functions: [Int], helpers: [Int32: BPFHelper], maps: [BPFMap]) {
         self.program = program
@@ -64,6 +67,7 @@ struct Analysis {
             functionOf[i] = Int32(f)
         }
         var constants: [Int64] = []
+        var backEdge = false
         var leader = [Bool](repeating: false, count: n + 1)
         isLoopHeader = [Bool](repeating: false, count: n)
         for s in functions { leader[s] = true }
@@ -72,7 +76,7 @@ struct Analysis {
             case .jump(let c, _, let register):
                 leader[Int(d.target)] = true
                 leader[i + 1] = true
-                if Int(d.target) <= i { isLoopHeader[Int(d.target)] = true }
+                if Int(d.target) <= i { isLoopHeader[Int(d.target)] = true; backEdge = true }
                 if c != nil && !register { constants.append(d.imm) }
             case .exit, .callLocal:
                 leader[i + 1] = true
@@ -84,13 +88,15 @@ struct Analysis {
         }
         for s in functions { isLoopHeader[s] = true }  // recursion joins there
         thresholds = Thresholds(constants)
+        hasBackEdge = backEdge
         blockAt = [Int32](repeating: -1, count: n)
         for i in 0..<n where leader[i] && !(i > 0 && program[i - 1].opcode == BPF.LDDW && code[i - 1].operation == .lddw) {
             blockAt[i] = Int32(blockStart.count)
             blockStart.append(i)
         }
         for (k, s) in blockStart.enumerated() { blockEnd.append(k + 1 < blockStart.count ? blockStart[k + 1] : n) }
-        entry = [AbstractState?](repeating: nil, count: blockStart.count)
+        entry = [AbstractState](repeating: AbstractState.entry, count: blockStart.count)
+        entered = [Bool](repeating: false, count: blockStart.count)
         visits = [Int](repeating: 0, count: blockStart.count)
         queued = [Bool](repeating: false, count: blockStart.count)
         summaries = [Summary](repeating: Summary(), count: functions.count)
@@ -106,6 +112,7 @@ struct Analysis {
         propagate(AbstractState.entry, to: 0, from: nil)
         while let b = worklist.pop() {
             queued[b] = false
+            analysedBlocks += 1
             try analyse(block: b)
         }
         try checkTermination()
@@ -125,28 +132,33 @@ struct Analysis {
             }
         }
         let zero = needsZeroedStack ? min(maxCallDepth(), BPF.maxCallDepth) * BPF.stackSize : 0
-        return BPFVerifiedProgram(instructions: program, code: code, functions: functions, stackZeroBytes: zero,
-                                  readable: readable, loopHeaders: loopHeaders)
+        var verified = BPFVerifiedProgram(instructions: program, code: code, functions: functions, stackZeroBytes: zero,
+                                          readable: readable, loopHeaders: loopHeaders)
+        verified.blocks = blockStart.count
+        verified.blockAnalyses = analysedBlocks
+        return verified
     }
 
     /// Joins `state` into the entry of the block at instruction `target`; queues it if that changed.
-    mutating func propagate(_ state: AbstractState, to target: Int, from: Int?) {
+    mutating func propagate(_ state: consuming AbstractState, to target: Int, from: Int?) {
         let b = Int(blockAt[target])
         if let from { edges.append((from, b)) }
-        if let old = entry[b] {
+        if entered[b] {
             visits[b] += 1
-            let widen = isLoopHeader[target] && visits[b] > Self.joinsBeforeWidening
-            let new = old.join(state, widen: widen ? thresholds : nil)
-            guard new != old else { return }
-            entry[b] = new
+            // Plain joins first, then widening to the program's constants, then to the limits (a
+            // counter stepping through every constant would otherwise take one round per constant).
+            let widen: Thresholds? = !isLoopHeader[target] || visits[b] <= Self.joinsBeforeWidening ? nil
+                : visits[b] <= 2 * Self.joinsBeforeWidening ? thresholds : Thresholds.none
+            guard entry[b].join(state, widen: widen) else { return }
         } else {
             entry[b] = state
+            entered[b] = true
         }
         if !queued[b] { queued[b] = true; worklist.push(b) }
     }
 
     mutating func analyse(block b: Int) throws(BPFError) {
-        var s = entry[b]!
+        var s = entry[b]
         var i = blockStart[b]
         while i < blockEnd[b] {
             reached[i] = true
@@ -189,7 +201,7 @@ struct Analysis {
             r0 = .pointer(.stack, Self.shift(off, -BPF.stackSize))
         }
         var sum = summaries[f]
-        let joined = sum.result.map { old in sum.changes > Self.joinsBeforeWidening ? old.widened(to: old.join(r0), thresholds: thresholds) : old.join(r0) } ?? r0
+        let joined = sum.result.map { old in sum.changes > Self.joinsBeforeWidening ? old.widened(to: old.join(r0), thresholds: sum.changes > 2 * Self.joinsBeforeWidening ? .none : thresholds) : old.join(r0) } ?? r0
         guard joined != sum.result else { return }
         sum.result = joined
         sum.changes += 1
@@ -303,6 +315,7 @@ struct Analysis {
 
     /// Rejects loops that no path leaves: a strongly connected set of blocks with no edge out and no exit.
     func checkTermination() throws(BPFError) {
+        guard hasBackEdge else { return }  // no cycle without a jump back (calls are summarised)
         let n = blockStart.count
         var successors = [[Int]](repeating: [], count: n)
         for (a, b) in edges { successors[a].append(b) }

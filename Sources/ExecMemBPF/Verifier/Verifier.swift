@@ -78,6 +78,26 @@ public struct BPFVerifier: Sendable {
 
     // MARK: - Decoding
 
+    /// ALU operations and jump conditions by the opcode's operation nibble.
+    static let aluKinds: [BPFALU?] = [.add, .sub, .mul, nil, .or, .and, .lsh, .rsh, nil, nil, .xor, nil, .arsh, nil, nil, nil]
+    static let conditions: [BPFCondition?] = [nil, .eq, .gt, .ge, .set, .ne, .sgt, .sge, nil, nil, .lt, .le, .slt, .sle, nil, nil]
+
+    static func atomic(_ imm: Int32) -> BPFAtomic? {
+        switch imm {
+        case 0x00: .rmw(.add, fetch: false)
+        case 0x01: .rmw(.add, fetch: true)
+        case 0x40: .rmw(.or, fetch: false)
+        case 0x41: .rmw(.or, fetch: true)
+        case 0x50: .rmw(.and, fetch: false)
+        case 0x51: .rmw(.and, fetch: true)
+        case 0xA0: .rmw(.xor, fetch: false)
+        case 0xA1: .rmw(.xor, fetch: true)
+        case BPF.XCHG: .xchg
+        case BPF.CMPXCHG: .cmpxchg
+        default: nil
+        }
+    }
+
     private func decode(_ insn: BPFInstruction, at i: Int, next: BPFInstruction?, function: Range<Int>,
                         secondSlot: [Bool]) throws(BPFError) -> BPFDecoded {
         func fail(_ why: String) -> BPFError { .verifier(index: i, reason: "\(why) (\(BPFDisassembler.text(insn, next: next)))") }
@@ -118,9 +138,7 @@ public struct BPFVerifier: Sendable {
                 d.operation = insn.offset == 0 ? .alu(.mov, wide: wide, register: source == BPF.X) : .movsx(bits: UInt8(insn.offset), wide: wide)
             case BPF.ADD, BPF.SUB, BPF.MUL, BPF.OR, BPF.AND, BPF.LSH, BPF.RSH, BPF.XOR, BPF.ARSH:
                 try zero([("offset", Int64(insn.offset))])
-                let kinds: [UInt8: BPFALU] = [BPF.ADD: .add, BPF.SUB: .sub, BPF.MUL: .mul, BPF.OR: .or, BPF.AND: .and,
-                                              BPF.LSH: .lsh, BPF.RSH: .rsh, BPF.XOR: .xor, BPF.ARSH: .arsh]
-                d.operation = .alu(kinds[op]!, wide: wide, register: source == BPF.X)
+                d.operation = .alu(Self.aluKinds[Int(op >> 4)]!, wide: wide, register: source == BPF.X)
             default:
                 throw fail("unknown ALU operation 0x\(String(op, radix: 16))")
             }
@@ -163,9 +181,7 @@ public struct BPFVerifier: Sendable {
             case BPF.JEQ, BPF.JGT, BPF.JGE, BPF.JSET, BPF.JNE, BPF.JSGT, BPF.JSGE, BPF.JLT, BPF.JLE, BPF.JSLT, BPF.JSLE:
                 if source == BPF.K { try zero([("source register", Int64(insn.src))]) } else { try zero([("immediate", Int64(insn.imm))]) }
                 d.target = try jump(Int(insn.offset))
-                let conditions: [UInt8: BPFCondition] = [BPF.JEQ: .eq, BPF.JGT: .gt, BPF.JGE: .ge, BPF.JSET: .set, BPF.JNE: .ne, BPF.JSGT: .sgt,
-                                                         BPF.JSGE: .sge, BPF.JLT: .lt, BPF.JLE: .le, BPF.JSLT: .slt, BPF.JSLE: .sle]
-                d.operation = .jump(conditions[op]!, wide: !narrow, register: source == BPF.X)
+                d.operation = .jump(Self.conditions[Int(op >> 4)]!, wide: !narrow, register: source == BPF.X)
                 if narrow { d.imm = Int64(UInt32(bitPattern: insn.imm)) }  // JMP32 compares the low 32 bits
             default:
                 throw fail("unknown jump operation 0x\(String(op, radix: 16))")
@@ -209,10 +225,7 @@ public struct BPFVerifier: Sendable {
             let size = UInt8(BPF.sizeBytes(insn.opcode))
             if mode == BPF.ATOMIC {
                 guard size == 4 || size == 8 else { throw fail("atomics are 32 or 64 bits") }
-                let ops: [Int32: BPFAtomic] = [0x00: .rmw(.add, fetch: false), 0x01: .rmw(.add, fetch: true), 0x40: .rmw(.or, fetch: false),
-                                               0x41: .rmw(.or, fetch: true), 0x50: .rmw(.and, fetch: false), 0x51: .rmw(.and, fetch: true),
-                                               0xA0: .rmw(.xor, fetch: false), 0xA1: .rmw(.xor, fetch: true), BPF.XCHG: .xchg, BPF.CMPXCHG: .cmpxchg]
-                guard let a = ops[insn.imm] else { throw fail("unknown atomic operation 0x\(String(insn.imm, radix: 16))") }
+                guard let a = Self.atomic(insn.imm) else { throw fail("unknown atomic operation 0x\(String(insn.imm, radix: 16))") }
                 if insn.imm & BPF.FETCH != 0 && insn.imm != BPF.CMPXCHG { try writes(insn.src) }
                 d.operation = .atomic(a, size: size)
             } else {
@@ -248,6 +261,8 @@ public struct BPFVerifiedProgram: Sendable {
     public let provenAccesses: Int, checkedAccesses: Int
     /// Instructions the analysis found unreachable (they stop the run if ever reached).
     public let unreachableInstructions: Int
+    /// Basic blocks, and how many times the analysis went through one until nothing changed.
+    public internal(set) var blocks = 0, blockAnalyses = 0
 
     init(instructions: [BPFInstruction], code: [BPFDecoded], functions: [Int], stackZeroBytes: Int, readable: [UInt16], loopHeaders: [Int: UInt32]) {
         self.instructions = instructions
@@ -269,5 +284,23 @@ public struct BPFVerifiedProgram: Sendable {
         provenAccesses = proven
         checkedAccesses = checked
         unreachableInstructions = dead
+    }
+
+    /// For listings: how the access at `index` is checked ("proven", "checked against the context"),
+    /// nil for other instructions; "unreachable" for dead code.
+    public func accessNote(at index: Int) -> String? {
+        let d = code[index]
+        switch d.operation {
+        case .load, .store, .atomic:
+            switch d.access.check {
+            case .proven: return "proven within \(d.access.region.described)"
+            case let .contextEnd(end): return "checked: the context must be at least \(end) bytes"
+            case .region: return "checked against \(d.access.region.described)"
+            }
+        case .unreachable:
+            return index > 0 && code[index - 1].operation == .lddw ? nil : "unreachable"
+        default:
+            return nil
+        }
     }
 }
