@@ -77,6 +77,7 @@ public final class BPFProgram: @unchecked Sendable {
     let regions: [MemoryRegion]
     let vm: BPFVM
     private let compiled = Mutex<JITCode?>(nil)
+    private let published = Atomic<UInt>(0)
 
     init(vm: BPFVM, name: String, verified: BPFVerifiedProgram, helpers: [Int32: BPFHelper], maps: [BPFMap], budget: UInt64) {
         self.vm = vm
@@ -96,7 +97,17 @@ public final class BPFProgram: @unchecked Sendable {
     public func run(memory: UnsafeMutableRawBufferPointer? = nil, engine: BPFEngine = .jit, budget: UInt64? = nil) throws(BPFError) -> UInt64 {
         switch engine {
         case .interpreter: return try interpret(memory: memory, budget: budget ?? self.budget)
-        case .jit: return try jitCode().run(self, memory: memory, budget: budget ?? self.budget)
+        case .jit:
+            let raw = published.load(ordering: .acquiring)
+            if raw != 0 {  // compiled: run without counting references to the code
+                var failure: BPFError? = nil
+                let r0: UInt64 = Unmanaged<JITCode>.fromOpaque(UnsafeRawPointer(bitPattern: raw)!)._withUnsafeGuaranteedRef { c in
+                    do throws(BPFError) { return try c.run(self, memory: memory, budget: budget ?? self.budget) } catch { failure = error; return 0 }
+                }
+                if let failure { throw failure }
+                return r0
+            }
+            return try jitCode().run(self, memory: memory, budget: budget ?? self.budget)
         }
     }
 
@@ -107,13 +118,22 @@ public final class BPFProgram: @unchecked Sendable {
         return try r.get()
     }
 
-    /// The JIT code, compiled on first use.
+    /// The JIT code, compiled on first use. The fast path is one atomic load: `compiled` owns the
+    /// code, `published` names it for runs.
+    @inline(__always)
     func jitCode(options: JITOptions = .init()) throws(BPFError) -> JITCode {
+        let raw = published.load(ordering: .acquiring)
+        if raw != 0 { return Unmanaged<JITCode>.fromOpaque(UnsafeRawPointer(bitPattern: raw)!).takeUnretainedValue() }
+        return try compileOnce(options: options)
+    }
+
+    private func compileOnce(options: JITOptions) throws(BPFError) -> JITCode {
         let r: Result<JITCode, BPFError> = compiled.withLock { slot in
             if let c = slot { return .success(c) }
             do throws(BPFError) {
                 let c = try BPFJIT.compile(self, allocator: try vm.allocator, options: options)
                 slot = c
+                published.store(UInt(bitPattern: Unmanaged.passUnretained(c).toOpaque()), ordering: .releasing)
                 return .success(c)
             } catch {
                 return .failure(error)
@@ -122,10 +142,14 @@ public final class BPFProgram: @unchecked Sendable {
         return try r.get()
     }
 
-    /// Compiles now (with `options`), replacing earlier JIT code.
+    /// Compiles now (with `options`), replacing earlier JIT code. Must not overlap a JIT run of this
+    /// program on another thread (the old code is freed).
     public func compile(options: JITOptions = .init()) throws(BPFError) {
         let c = try BPFJIT.compile(self, allocator: try vm.allocator, options: options)
-        compiled.withLock { $0 = c }
+        compiled.withLock { slot in
+            published.store(UInt(bitPattern: Unmanaged.passUnretained(c).toOpaque()), ordering: .releasing)
+            slot = c
+        }
     }
 
     /// The JIT code's bytes, once compiled (for benchmarks that copy it elsewhere).
@@ -142,6 +166,12 @@ public final class BPFProgram: @unchecked Sendable {
     /// The JIT code's allocation, once compiled.
     public var jitAllocation: Allocation? { compiled.withLock { $0?.allocation } }
 
-    /// Frees the JIT code now (it is also freed when the program goes away).
-    public func unload() { compiled.withLock { $0 = nil } }
+    /// Frees the JIT code now (it is also freed when the program goes away). Must not overlap a JIT
+    /// run of this program on another thread; a later JIT run compiles it again.
+    public func unload() {
+        compiled.withLock { slot in
+            published.store(0, ordering: .releasing)
+            slot = nil
+        }
+    }
 }

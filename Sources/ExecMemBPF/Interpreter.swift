@@ -13,16 +13,17 @@ import Atomics
 
 extension BPFProgram {
     func interpret(memory: UnsafeMutableRawBufferPointer?, budget: UInt64) throws(BPFError) -> UInt64 {
-        let run = RunContext.acquire()
-        defer { run.end() }
-        guard run.begin(self, memory: memory, budget: budget) else { throw run.error()! }
-        let result: UInt64? = run.asCurrent {
-            verified.code.withUnsafeBufferPointer { code in
-                execute(code, run: run, r1: UInt64(UInt(bitPattern: memory?.baseAddress)), r2: UInt64(memory?.count ?? 0))
+        try RunContext.withContext { run throws(BPFError) in
+            defer { run.end() }
+            guard run.begin(self, memory: memory, budget: budget) else { throw run.error()! }
+            let result: UInt64? = run.asCurrent {
+                verified.code.withUnsafeBufferPointer { code in
+                    execute(code, run: run, r1: UInt64(UInt(bitPattern: memory?.baseAddress)), r2: UInt64(memory?.count ?? 0))
+                }
             }
+            if run.get(.fault) != 0, let e = run.error() { throw e }
+            return result!
         }
-        if let e = run.error() { throw e }
-        return result!
     }
 
     private struct Frame {
@@ -32,28 +33,32 @@ extension BPFProgram {
 
     /// Runs to exit; nil when the run faulted (the context says why).
     private func execute(_ code: UnsafeBufferPointer<BPFDecoded>, run: RunContext, r1: UInt64, r2: UInt64) -> UInt64? {
-        var r = [UInt64](repeating: 0, count: 11)
-        r[1] = r1; r[2] = r2; r[10] = run.stackTop
-        var frames: [Frame] = []
-        frames.reserveCapacity(BPF.maxCallDepth)
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 11) { registers in
+            let r = registers.baseAddress!
+            r.initialize(repeating: 0, count: 11)
+            r[1] = r1; r[2] = r2; r[10] = run.stackTop
+            return withUnsafeTemporaryAllocation(of: Frame.self, capacity: BPF.maxCallDepth) { frames in
+                execute(code, run: run, r, frames.baseAddress!)
+            }
+        }
+    }
+
+    /// The address of an access, if the access rule allows it; else the run faults.
+    @inline(__always)
+    private func address(_ base: UInt64, _ d: BPFDecoded, _ at: Int, _ run: RunContext, frame: UInt64) -> UnsafeMutableRawPointer? {
+        let a = base &+ UInt64(bitPattern: Int64(d.offset))
+        guard run.allows(d.access.region, a, d.size, frame: frame), let p = UnsafeMutableRawPointer(bitPattern: UInt(a)) else {
+            run.fault(d.access.check == .proven ? .proofViolated : .outOfBounds, index: at, address: a, frame: frame)
+            return nil
+        }
+        return p
+    }
+
+    private func execute(_ code: UnsafeBufferPointer<BPFDecoded>, run: RunContext, _ r: UnsafeMutablePointer<UInt64>,
+                         _ frames: UnsafeMutablePointer<Frame>) -> UInt64? {
+        var depth = 0
         var budget = run.get(.budget)
         var pc = 0
-
-        /// The address of an access, if the access rule allows it.
-        @inline(__always) func address(_ base: UInt64, _ d: BPFDecoded, _ at: Int) -> UnsafeMutableRawPointer? {
-            let a = base &+ UInt64(bitPattern: Int64(d.offset))
-            guard run.allows(d.access.region, a, d.size, frame: r[10]), let p = UnsafeMutableRawPointer(bitPattern: UInt(a)) else {
-                run.fault(d.access.check == .proven ? .proofViolated : .outOfBounds, index: at, address: a, frame: r[10])
-                return nil
-            }
-            return p
-        }
-        @inline(__always) func charge(_ units: UInt32, _ at: Int) -> Bool {
-            guard budget >= UInt64(units) else { run.fault(.budget, index: at); return false }
-            budget -= UInt64(units)
-            return true
-        }
-
         while true {
             let d = code[pc]
             let at = pc
@@ -82,16 +87,23 @@ extension BPFProgram {
                         : compare(condition, UInt64(UInt32(truncatingIfNeeded: r[dst])), UInt64(UInt32(truncatingIfNeeded: b)), narrow: true)
                     guard taken else { continue }
                 }
-                if d.charge > 0 && !charge(d.charge, Int(d.target)) { return nil }
+                if d.charge > 0 {  // a back edge: pay for another round of the loop
+                    guard budget >= UInt64(d.charge) else { run.fault(.budget, index: Int(d.target)); return nil }
+                    budget -= UInt64(d.charge)
+                }
                 pc = Int(d.target)
             case .exit:
-                guard let f = frames.popLast() else { return r[0] }
+                guard depth > 0 else { return r[0] }
+                depth -= 1
+                let f = frames[depth]
                 (r[6], r[7], r[8], r[9], r[10]) = f.saved
                 pc = f.returnTo
             case .callLocal:
-                guard frames.count + 1 < BPF.maxCallDepth else { run.fault(.callDepth, index: at); return nil }
-                if !charge(d.charge, at) { return nil }
-                frames.append(Frame(returnTo: pc, saved: (r[6], r[7], r[8], r[9], r[10])))
+                guard depth + 1 < BPF.maxCallDepth else { run.fault(.callDepth, index: at); return nil }
+                guard budget >= UInt64(d.charge) else { run.fault(.budget, index: at); return nil }
+                budget -= UInt64(d.charge)
+                (frames + depth).initialize(to: Frame(returnTo: pc, saved: (r[6], r[7], r[8], r[9], r[10])))
+                depth += 1
                 r[10] -= UInt64(BPF.stackSize)
                 pc = Int(d.target)
             case .callHelper:
@@ -104,7 +116,7 @@ extension BPFProgram {
                 r[dst] = d.operand
                 pc += 1
             case let .load(size, signed):
-                guard let p = address(r[src], d, at) else { return nil }
+                guard let p = address(r[src], d, at, run, frame: r[10]) else { return nil }
                 let v = load(p, Int(size))
                 if signed {
                     r[dst] = size == 1 ? UInt64(bitPattern: Int64(Int8(truncatingIfNeeded: v)))
@@ -113,14 +125,14 @@ extension BPFProgram {
                     r[dst] = v
                 }
             case let .store(size, register):
-                guard let p = address(r[dst], d, at) else { return nil }
+                guard let p = address(r[dst], d, at, run, frame: r[10]) else { return nil }
                 store(p, Int(size), register ? r[src] : d.operand)
             case let .atomic(op, size):
-                guard let p = address(r[dst], d, at) else { return nil }
+                guard let p = address(r[dst], d, at, run, frame: r[10]) else { return nil }
                 guard UInt(bitPattern: p) % UInt(size) == 0 else {
                     run.fault(.misalignedAtomic, index: at, address: UInt64(UInt(bitPattern: p))); return nil
                 }
-                atomic(op, p, Int(size), &r, src)
+                atomic(op, p, Int(size), r, src)
             case .unreachable:
                 run.fault(.unreachable, index: at)
                 return nil
@@ -146,13 +158,13 @@ extension BPFProgram {
         }
     }
 
-    private func atomic(_ op: BPFAtomic, _ p: UnsafeMutableRawPointer, _ size: Int, _ r: inout [UInt64], _ s: Int) {
-        if size == 8 { atomic(op, p, UInt64.self, &r, s) } else { atomic(op, p, UInt32.self, &r, s) }
+    private func atomic(_ op: BPFAtomic, _ p: UnsafeMutableRawPointer, _ size: Int, _ r: UnsafeMutablePointer<UInt64>, _ s: Int) {
+        if size == 8 { atomic(op, p, UInt64.self, r, s) } else { atomic(op, p, UInt32.self, r, s) }
     }
 
     /// An atomic at the width of `T`; fetched values come back zero-extended.
     private func atomic<T: FixedWidthInteger & UnsignedInteger & AtomicValue>(_ op: BPFAtomic, _ p: UnsafeMutableRawPointer, _: T.Type,
-                                                                               _ r: inout [UInt64], _ s: Int)
+                                                                               _ r: UnsafeMutablePointer<UInt64>, _ s: Int)
     where T.AtomicRepresentation.Value == T, T: AtomicInteger {
         let a = UnsafeAtomic<T>(at: p.assumingMemoryBound(to: T.AtomicRepresentation.self))
         let v = T(truncatingIfNeeded: r[s])

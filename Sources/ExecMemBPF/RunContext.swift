@@ -49,23 +49,46 @@ final class RunContext {
     let block: UnsafeMutablePointer<UInt64>
     let stack: UnsafeMutableRawPointer
     static let stackBytes = BPF.stackSize * BPF.maxCallDepth
-    var program: BPFProgram?
-    var budget: UInt64 = 0
-    var helperMessage: String?
+
+    /// What changes per run, behind a pointer: a stored `var` of a class costs a dynamic
+    /// exclusivity check on every access, which the run's hot paths cannot afford.
+    struct State {
+        /// The program being run; the caller of the run holds it, so no reference is counted here.
+        unowned(unsafe) var program: BPFProgram?
+        var budget: UInt64 = 0
+        var helperMessage: String?
+    }
+    let state: UnsafeMutablePointer<State>
+    var program: BPFProgram? {
+        @inline(__always) get { state.pointee.program }
+        set { state.pointee.program = newValue }
+    }
+    var budget: UInt64 {
+        get { state.pointee.budget }
+        set { state.pointee.budget = newValue }
+    }
+    var helperMessage: String? {
+        get { state.pointee.helperMessage }
+        set { state.pointee.helperMessage = newValue }
+    }
 
     init() {
+        state = UnsafeMutablePointer<State>.allocate(capacity: 1)
+        state.initialize(to: State())
         block = UnsafeMutablePointer<UInt64>.allocate(capacity: Field.count)
         block.initialize(repeating: 0, count: Field.count)
         stack = UnsafeMutableRawPointer.allocate(byteCount: Self.stackBytes, alignment: 64)
         let hi = UInt64(UInt(bitPattern: stack)) + UInt64(Self.stackBytes)
         set(.stackHi, hi)
-        for n in [1, 2, 4, 8] { set(.stackLimit(n), hi - UInt64(n)) }
+        set(.stackLimit1, hi - 1); set(.stackLimit2, hi - 2); set(.stackLimit4, hi - 4); set(.stackLimit8, hi - 8)
         // A local call may go one frame deeper only while r10 stays above this.
         set(.callFloor, UInt64(UInt(bitPattern: stack)) + UInt64(BPF.stackSize))
         set(.selfPointer, UInt64(UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque())))
     }
 
     deinit {
+        state.deinitialize(count: 1)
+        state.deallocate()
         block.deallocate()
         stack.deallocate()
     }
@@ -77,14 +100,18 @@ final class RunContext {
 
     /// Prepares a run of `program` over `memory` with `budget` units; false (with the fault set)
     /// when the budget does not cover main's entry.
+    @inline(__always)
     func begin(_ program: BPFProgram, memory: UnsafeMutableRawBufferPointer?, budget: UInt64) -> Bool {
-        self.program = program
-        helperMessage = nil
-        self.budget = budget
+        state.pointee.program = program
+        if state.pointee.helperMessage != nil { state.pointee.helperMessage = nil }
+        state.pointee.budget = budget
         let lo = UInt64(UInt(bitPattern: memory?.baseAddress)), len = UInt64(memory?.count ?? 0)
         set(.memLo, lo); set(.memLen, len)
-        for n in [1, 2, 4, 8] { set(.memLimit(n), len >= UInt64(n) ? len - UInt64(n) + 1 : 0) }
-        set(.fault, 0); set(.faultIndex, 0); set(.unwound, 0)
+        set(.memLimit1, len)  // len - 1 + 1
+        set(.memLimit2, len >= 2 ? len - 1 : 0)
+        set(.memLimit4, len >= 4 ? len - 3 : 0)
+        set(.memLimit8, len >= 8 ? len - 7 : 0)
+        set(.fault, 0); set(.unwound, 0)
         let zero = program.verified.stackZeroBytes
         if zero > 0 { (stack + Self.stackBytes - zero).initializeMemory(as: UInt8.self, repeating: 0, count: zero) }
         let entry = UInt64(program.verified.entryCharge)
@@ -173,11 +200,13 @@ final class RunContext {
         return k
     }()
 
-    /// This thread's context, created once (a run of a program from within a helper gets a nested one).
+    /// This thread's context, created once; a run of a program from within a helper (while the
+    /// thread's context is busy) gets a fresh one, which `asCurrent` makes the helpers' current one.
+    @inline(__always)
     static func acquire() -> RunContext {
         if let p = pthread_getspecific(key) {
-            let c = Unmanaged<RunContext>.fromOpaque(p).takeUnretainedValue()
-            if c.program == nil { return c }
+            let busy = Unmanaged<RunContext>.fromOpaque(p)._withUnsafeGuaranteedRef { $0.state.pointee.program != nil }
+            if !busy { return Unmanaged<RunContext>.fromOpaque(p).takeUnretainedValue() }
             return RunContext()  // nested run
         }
         let c = RunContext()
@@ -185,19 +214,42 @@ final class RunContext {
         return c
     }
 
-    /// The context of the run in progress on this thread, for helpers.
+    /// Calls `body` with this thread's context (or a fresh one for a nested run) without counting
+    /// references on the fast path.
+    @inline(__always)
+    static func withContext<R>(_ body: (RunContext) throws(BPFError) -> R) throws(BPFError) -> R {
+        if let p = pthread_getspecific(key) {
+            let u = Unmanaged<RunContext>.fromOpaque(p)
+            if u._withUnsafeGuaranteedRef({ $0.state.pointee.program == nil }) {
+                var failure: BPFError? = nil
+                let r: R? = u._withUnsafeGuaranteedRef { c in
+                    do throws(BPFError) { return try body(c) } catch { failure = error; return nil }
+                }
+                if let failure { throw failure }
+                return r!
+            }
+        }
+        return try body(acquire())
+    }
+
+    /// Nested runs in progress on this thread (the innermost is the current one).
     private static let currentKey: pthread_key_t = {
         var k = pthread_key_t()
         pthread_key_create(&k, nil)
         return k
     }()
 
+    /// The context of the run in progress on this thread, for helpers: the innermost nested run's,
+    /// else the thread's own.
     static var current: RunContext? {
-        pthread_getspecific(currentKey).map { Unmanaged<RunContext>.fromOpaque($0).takeUnretainedValue() }
+        if let p = pthread_getspecific(currentKey) { return Unmanaged<RunContext>.fromOpaque(p).takeUnretainedValue() }
+        return pthread_getspecific(key).map { Unmanaged<RunContext>.fromOpaque($0).takeUnretainedValue() }
     }
 
-    /// Runs `body` with this context as the thread's current one.
+    /// Runs `body` with this context as the thread's current one (free for the thread's own context).
+    @inline(__always)
     func asCurrent<R>(_ body: () throws -> R) rethrows -> R {
+        if let own = pthread_getspecific(Self.key), own == Unmanaged.passUnretained(self).toOpaque() { return try body() }
         let previous = pthread_getspecific(Self.currentKey)
         pthread_setspecific(Self.currentKey, Unmanaged.passUnretained(self).toOpaque())
         defer { pthread_setspecific(Self.currentKey, previous) }

@@ -103,6 +103,19 @@ extension Bench {
                                    baseline: "JIT + install alone", baselineValue: compileOnly, ratio: compileOnly / verifyAndCompile,
                                    notes: "install = packed allocation + write through the write view + membarrier"))
         }
+        // The fixed cost of one run: a program that only returns.
+        let trivial = try BPFVM().load(assembly: "mov %r0, 1\nexit")
+        try trivial.compile()
+        var runCost = Double.infinity, interpCost = Double.infinity
+        for _ in 0..<max(3, Int(15 * scale)) {
+            runCost = min(runCost, try batch { try trivial.run(memory: memory, engine: .jit) })
+            interpCost = min(interpCost, try batch { try trivial.run(memory: memory, engine: .interpreter) })
+        }
+        var copyCost = Double.infinity
+        for _ in 0..<5 { copyCost = min(copyCost, batch { 0 }) }
+        out.append(BenchResult(benchmark: "bpf", figure: "one run of `mov r0, 1; exit` (context, budget, entry)", unit: "ns", value: runCost - copyCost,
+                               baseline: "interpreter", baselineValue: interpCost - copyCost, ratio: (interpCost - copyCost) / (runCost - copyCost),
+                               notes: "what every run costs before the program's first instruction"))
         func geomean(_ x: [Double]) -> Double { exp(x.map { log($0) }.reduce(0, +) / Double(x.count)) }
         out.append(BenchResult(benchmark: "bpf", figure: "geometric mean: JIT time / native time, every check on", unit: "x", value: geomean(safeOverNative),
                                baseline: "no bounds checks", baselineValue: geomean(uncheckedOverNative), ratio: geomean(uncheckedOverNative) / geomean(safeOverNative),

@@ -53,6 +53,7 @@ extension BPFCommand {
         @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
         @Option(help: "Instruction budget of the run (a run that needs more stops with an error).") var budget: UInt64 = BPFProgram.defaultBudget
         @Option(help: "Write the JIT's machine code to this file (for objdump -b binary -m i386:x86-64).") var dumpJit: String?
+        @Option(help: "Run this many times (on a copy of the memory made once) and print the time per run.") var times: Int = 0
 
         func run() throws {
             do {
@@ -60,6 +61,20 @@ extension BPFCommand {
                 let (program, fileMemory) = try loadProgram(file, function: function, vm: vm)
                 let memory = try mem.map(readInput) ?? fileMemory
                 let r0 = try program.run(bytes: memory, engine: engine, budget: budget)
+                if times > 0 {
+                    var copy = memory
+                    let (engine, budget, times) = (self.engine, self.budget, self.times)
+                    let started = Date()
+                    let failure: BPFError? = copy.withUnsafeMutableBytes { m in
+                        let memory = m.count == 0 ? nil : m
+                        do throws(BPFError) {
+                            for _ in 0..<times { _ = try program.run(memory: memory, engine: engine, budget: budget) }
+                        } catch { return error }
+                        return nil
+                    }
+                    if let failure { throw failure }
+                    print(String(format: "%.1f ns/run", Date().timeIntervalSince(started) * 1e9 / Double(times)))
+                }
                 if let dumpJit, let code = program.jitBytes { try Data(code).write(to: URL(fileURLWithPath: dumpJit)) }
                 print("0x" + String(r0, radix: 16))
             } catch let e as BPFError {
