@@ -43,4 +43,38 @@ public enum BPFWorkload {
         }
         return r
     }
+
+    /// A large program of `functions` functions of about `instructions / functions` instructions
+    /// each (a short loop, a stack spill, straight-line arithmetic), which main calls in turn: the
+    /// shape whose compile time must stay linear.
+    public static func manyFunctions(instructions: Int, functions: Int) -> [BPFInstruction] {
+        let body = max(12, instructions / max(1, functions) - 4)
+        var main: [BPFInstruction] = [BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.K, dst: 6, imm: 1)]
+        var callSites: [Int] = []
+        for _ in 0..<functions {
+            main.append(BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.X, dst: 1, src: 6))
+            callSites.append(main.count)
+            main.append(BPFInstruction(opcode: BPF.JMP | BPF.CALL, src: BPF.callLocal, imm: 0))
+            main.append(BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.X, dst: 6, src: 0))
+        }
+        main.append(BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.X, dst: 0, src: 6))
+        main.append(BPFInstruction(opcode: BPF.JMP | BPF.EXIT))
+        var code = main
+        for (k, site) in callSites.enumerated() {
+            code[site].imm = Int32(code.count - site - 1)
+            code += [
+                BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.X, dst: 0, src: 1),
+                BPFInstruction(opcode: BPF.STX | BPF.MEM | BPF.DW, dst: 10, src: 0, offset: -8),
+                BPFInstruction(opcode: BPF.ALU64 | BPF.MOV | BPF.K, dst: 2, imm: 0),
+                BPFInstruction(opcode: BPF.ALU64 | BPF.ADD | BPF.K, dst: 0, imm: Int32(k | 1)),
+                BPFInstruction(opcode: BPF.ALU64 | BPF.ADD | BPF.K, dst: 2, imm: 1),
+                BPFInstruction(opcode: BPF.JMP | BPF.JLT | BPF.K, dst: 2, offset: -3, imm: 3),
+                BPFInstruction(opcode: BPF.LDX | BPF.MEM | BPF.DW, dst: 3, src: 10, offset: -8),
+                BPFInstruction(opcode: BPF.ALU64 | BPF.XOR | BPF.X, dst: 0, src: 3),
+            ]
+            for j in 0..<(body - 9) { code.append(BPFInstruction(opcode: BPF.ALU64 | (j % 2 == 0 ? BPF.MUL : BPF.ADD) | BPF.K, dst: 0, imm: Int32(j | 1))) }
+            code.append(BPFInstruction(opcode: BPF.JMP | BPF.EXIT))
+        }
+        return code
+    }
 }

@@ -103,6 +103,21 @@ extension Bench {
                                    baseline: "JIT + install alone", baselineValue: compileOnly, ratio: compileOnly / verifyAndCompile,
                                    notes: "install = packed allocation + write through the write view + membarrier"))
         }
+        // Compile time stays linear: many functions, up to the 1M-instruction limit.
+        for (n, f) in [(20_000, 200), (200_000, 2_000), (1_000_000, 10_000)] where scale >= 0.1 || n <= 200_000 {
+            let code = BPFWorkload.manyFunctions(instructions: n, functions: f)
+            let vm = BPFVM()
+            let t0 = Clock.now
+            let p = try vm.load(code, name: "many-functions")
+            let verify = t0.elapsedSeconds * 1000
+            let t1 = Clock.now
+            try p.compile()
+            let jit = t1.elapsedSeconds * 1000
+            let perInstruction = (verify + jit) * 1e6 / Double(code.count)
+            out.append(BenchResult(benchmark: "bpf", figure: "verify + JIT \(code.count) instructions in \(f + 1) functions", unit: "ms", value: verify + jit,
+                                 baseline: "JIT alone", baselineValue: jit, ratio: jit / (verify + jit),
+                                 notes: String(format: "%.0f ns per instruction (verify %.1f ms)", perInstruction, verify)))
+        }
         // The fixed cost of one run: a program that only returns.
         let trivial = try BPFVM().load(assembly: "mov %r0, 1\nexit")
         try trivial.compile()

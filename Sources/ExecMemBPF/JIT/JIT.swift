@@ -98,6 +98,10 @@ struct Compiler {
     /// Out-of-line paths: (label, what to do there).
     var cold: [(label: Int, kind: Cold)] = []
     var faultCommon = 0, helperFaultCommon = 0, unwind = 0, returnPath = 0
+    /// For each function start: the registers (bit n = rn) its own instructions write.
+    var writes: [Int: UInt16] = [:]
+    /// Instructions some jump or call lands on.
+    var isTarget: [Bool]
 
     enum Cold {
         /// Record `fault` at `index` (r11 holds the address; `restore` says how to rebuild it).
@@ -126,6 +130,22 @@ struct Compiler {
         for _ in 0...code.count { labels.append(e.newLabel()) }
         for t in program.verified.loopHeaders.keys { pads[t] = e.newLabel() }
         faultCommon = e.newLabel(); helperFaultCommon = e.newLabel(); unwind = e.newLabel(); returnPath = e.newLabel()
+        isTarget = [Bool](repeating: false, count: code.count + 1)
+        let starts = program.verified.functions
+        for (f, start) in starts.enumerated() {
+            let end = f + 1 < starts.count ? starts[f + 1] : code.count
+            var mask: UInt16 = 0
+            for d in code[start..<end] {
+                switch d.operation {
+                case .alu, .movsx, .endian, .lddw, .load: mask |= 1 << UInt16(d.dst)
+                case .atomic(.cmpxchg, _): mask |= 1
+                case .atomic(.xchg, _), .atomic(.rmw(_, fetch: true), _): mask |= 1 << UInt16(d.src)
+                case .jump, .callLocal: isTarget[Int(d.target)] = true
+                default: break
+                }
+            }
+            writes[start] = mask
+        }
     }
 
     static func reg(_ r: UInt8) -> X86Reg { BPFJIT.map[Int(r)] }
@@ -152,6 +172,18 @@ struct Compiler {
                 continue
             }
             deadRun = false
+            // `jcc +1; ja T`: one inverted jump to T (the ja is its own instruction only if a jump
+            // lands on it).
+            if case let .jump(c?, wide, register) = d.operation, let inverse = c.negated, Int(d.target) == i + 2,
+               i + 1 < code.count, case .jump(nil, _, _) = code[i + 1].operation, !isTarget[i + 1], pads[i + 1] == nil {
+                var inverted = d
+                inverted.operation = .jump(inverse, wide: wide, register: register)
+                inverted.target = code[i + 1].target
+                jump(inverted, at: i + 1, condition: inverse, wide: wide, register: register, dst: Self.reg(d.dst), src: Self.reg(d.src))
+                e.bind(labels[i + 1])
+                i += 2
+                continue
+            }
             translate(d, at: i)
             if d.operation == .lddw { e.bind(labels[i + 1]); i += 2 } else { i += 1 }
         }
@@ -494,10 +526,16 @@ struct Compiler {
             e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: d.charge), wide: true)
             e.jcc(.below, coldLabel(.fault(.budget, index: index, restore: .none)))
         }
-        for r in [X86Reg.rbx, .r13, .r14, .r15, .rbp] { e.push(r) }  // 40 bytes + the return address
+        // Save the caller's r6-r9 that the callee writes (deeper calls save their own); r10 comes
+        // back by arithmetic. An odd number of pushes keeps rsp 16-byte aligned in the callee.
+        let written = writes[Int(d.target)] ?? 0x3FF
+        var saved: [X86Reg] = [6, 7, 8, 9].filter { written & (1 << $0) != 0 }.map { BPFJIT.map[$0] }
+        if saved.count % 2 == 0 { saved.append(.r11) }
+        for r in saved { e.push(r) }
         e.mov(.rbp, .r11)
         e.call(labels[Int(d.target)])
-        for r in [X86Reg.rbp, .r15, .r14, .r13, .rbx] { e.pop(r) }
+        e.lea(.rbp, base: .rbp, disp: Int32(BPF.stackSize))
+        for r in saved.reversed() { e.pop(r) }
     }
 
     mutating func callHelper(_ d: BPFDecoded, at index: Int) {

@@ -334,19 +334,17 @@ struct Analysis {
         }
     }
 
-    /// Deepest chain of calls from main (a cycle counts as the limit).
+    /// Deepest chain of calls from main, up to the limit (a cycle reaches it): level by level.
     func maxCallDepth() -> Int {
-        var depth = [Int](repeating: -1, count: functions.count)  // -1 unvisited, -2 on the path
-        func visit(_ f: Int) -> Int {
-            if depth[f] == -2 { return BPF.maxCallDepth }
-            if depth[f] >= 0 { return depth[f] }
-            depth[f] = -2
-            var d = 1
-            for g in calls[f] { d = max(d, min(BPF.maxCallDepth, 1 + visit(g))) }
-            depth[f] = d
-            return d
+        var level: Set<Int> = [0], depth = 1
+        while depth < BPF.maxCallDepth {
+            var next = Set<Int>()
+            for f in level { next.formUnion(calls[f]) }
+            if next.isEmpty { break }
+            level = next
+            depth += 1
         }
-        return visit(0)
+        return depth
     }
 
     // MARK: - Helpers
