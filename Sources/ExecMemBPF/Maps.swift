@@ -146,6 +146,16 @@ public final class BPFMap: @unchecked Sendable {
         if r != 0 { throw .map(name: name, reason: "delete failed with errno \(-r)") }
     }
 
+    /// Back to how `init` left it: no hash entries, every value zero, slots handed out in the same
+    /// order again (so a differential test can replay a run over the same addresses).
+    func reset() {
+        values.initializeMemory(as: UInt8.self, repeating: 0, count: valueStride * maxEntries)
+        lock.withLock { index in
+            index.slots = [:]
+            index.free = Array((0..<maxEntries).reversed())
+        }
+    }
+
     /// Number of entries (hash) or elements (array).
     public var count: Int { type == .array ? maxEntries : lock.withLock { $0.slots.count } }
 

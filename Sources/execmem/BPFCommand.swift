@@ -225,8 +225,16 @@ extension BPFCommand {
         @Option(help: "Programs to run.") var count = 100_000
         @Option(help: "First seed.") var seed: UInt64 = 1
         @Option(help: "Random instructions per program.") var length = 40
+        @Flag(help: "Hostile and arbitrary programs (BPFHostileTester): loops, re-entry, recursion, out-of-bounds, maps.") var hostile = false
+        @Option(help: "Instructions each run may execute (default: the programs' own, 1,000,000).") var budget: UInt64?
 
         func run() throws {
+            if hostile {
+                let report = BPFHostileTester(vm: BPFVM()).run(count: count, seed: seed, budget: budget)
+                print(report)
+                if report.mismatches > 0 { throw ExitCode.failure }
+                return
+            }
             let tester = DifferentialTester(vm: BPFVM())
             let started = Date()
             let mismatches = tester.run(count: count, seed: seed, length: length)
