@@ -74,6 +74,11 @@ enum BPFRegion: Sendable, Equatable, Hashable {
     case context
     /// The values of the program's map with this index.
     case map(Int)
+
+    var isMap: Bool {
+        if case .map = self { return true }
+        return false
+    }
 }
 
 /// How the engines check one memory access, as the verifier decided it.

@@ -45,7 +45,14 @@ extension BPFVM {
             throw .link(section: name, offset: 0, reason: function.map { "no function named '\($0)' (functions: \(object.allFunctions.joined(separator: ", ")))" }
                         ?? "the object has no functions")
         }
+        // Every field below comes from the file: checked before it is used.
+        guard Int(entry.sectionIndex) < f.sections.count, entry.sectionIndex != 0, f.sections[Int(entry.sectionIndex)].isExecutable else {
+            throw .link(section: name, offset: 0, reason: "function '\(wanted)' is in section \(entry.sectionIndex), which is not a code section of this object")
+        }
         let entrySection = f.sections[Int(entry.sectionIndex)]
+        guard entry.value % 8 == 0, entry.value < UInt64(entrySection.size) else {
+            throw .link(section: entrySection.name, offset: 0, reason: "function '\(wanted)' starts at \(entry.value), not at an instruction of its \(entrySection.size)-byte section")
+        }
         // Maps and data sections.
         var maps: [BPFMap] = []
         var mapBySymbol: [Int: BPFMap] = [:]
@@ -53,8 +60,10 @@ extension BPFVM {
         for s in f.sections where s.isAllocated && !s.isExecutable && s.size > 0 {
             if s.name == "maps" {
                 for sym in f.symbols where Int(sym.sectionIndex) == s.index && sym.type != ELF.STT_SECTION {
+                    guard s.size >= 20, sym.value <= UInt64(s.size - 20), s.hasFileBytes else {
+                        throw .link(section: "maps", offset: 0, reason: "map '\(sym.name)' at \(sym.value) is not a whole struct bpf_map_def inside the \(s.size)-byte section")
+                    }
                     let at = s.offset + Int(sym.value)
-                    guard sym.value + 20 <= UInt64(s.size) else { throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' is shorter than struct bpf_map_def") }
                     let words = (0..<4).map { k in f.bytes[(at + 4 * k)..<(at + 4 * k + 4)].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) } }
                     guard let type = BPFMapType(rawValue: words[0]) else {
                         throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' has type \(words[0]); only hash (1) and array (2) are supported")
@@ -93,8 +102,10 @@ extension BPFVM {
             let relocations: [ELFRelocation]
             do { relocations = try f.relocations(for: s) } catch { throw .elf(error) }
             for r in relocations {
+                guard r.offset % 8 == 0, r.offset < UInt64(s.size) else {
+                    throw .link(section: s.name, offset: Int(clamping: r.offset), reason: "relocation at \(r.offset) is not on an instruction of the \(s.size)-byte section")
+                }
                 let at = sectionStart[s.index]! + Int(r.offset) / 8
-                guard r.offset % 8 == 0, at < code.count else { throw .link(section: s.name, offset: Int(r.offset), reason: "relocation not on an instruction") }
                 guard r.symbolIndex < f.symbols.count else { throw .link(section: s.name, offset: Int(r.offset), reason: "bad symbol index \(r.symbolIndex)") }
                 let sym = f.symbols[r.symbolIndex]
                 switch r.type {
@@ -121,12 +132,16 @@ extension BPFVM {
                     guard code[at].opcode == BPF.JMP | BPF.CALL, code[at].src == BPF.callLocal else {
                         throw .link(section: s.name, offset: Int(r.offset), reason: "R_BPF_64_32 on an instruction that is not a local call")
                     }
-                    guard let base = sectionStart[Int(sym.sectionIndex)] else {
-                        throw .link(section: s.name, offset: Int(r.offset), reason: "call to '\(sym.name)', which is in no code section this program links")
+                    guard let base = sectionStart[Int(sym.sectionIndex)], let section = order.first(where: { $0.index == Int(sym.sectionIndex) }),
+                          sym.value % 8 == 0, sym.value < UInt64(section.size) else {
+                        throw .link(section: s.name, offset: Int(r.offset), reason: "call to '\(sym.name)', which is not an instruction of a code section this program links")
                     }
                     let target = sym.type == ELF.STT_SECTION
                         ? base + Int(sym.value) / 8 + Int(code[at].imm) + 1
                         : base + Int(sym.value) / 8
+                    guard target >= 0, target < code.count else {
+                        throw .link(section: s.name, offset: Int(r.offset), reason: "call to '\(sym.name)' lands at \(target), outside the program")
+                    }
                     code[at].imm = Int32(target - at - 1)
                 default:
                     throw .link(section: s.name, offset: Int(r.offset), reason: "unsupported relocation type \(r.type) against '\(sym.name)'")

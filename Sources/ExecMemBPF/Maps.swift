@@ -18,7 +18,15 @@ public enum BPFUpdateFlag: UInt64, Sendable {
     case exist = 2
 }
 
+/// A map: values in one slab allocated (and zeroed) at creation, keys for hash maps.
+///
+/// Thread-safe: programs and the host may use it from any threads at once (hash maps index under a
+/// lock; values are plain memory, as in Linux). It lives as long as the programs that hold it.
 public final class BPFMap: @unchecked Sendable {
+    /// The most memory one map may take (values and keys): 256 MiB. Larger definitions (from an
+    /// ELF object's `maps` section, or a data section) are refused with a typed error.
+    public static let maxBytes = 256 << 20
+
     public let name: String
     public let type: BPFMapType
     public let keySize: Int
@@ -45,7 +53,13 @@ public final class BPFMap: @unchecked Sendable {
         }
         if type == .array && keySize != 4 { throw .map(name: name, reason: "array maps take 4-byte keys, not \(keySize)") }
         guard valueSize <= 1 << 26, maxEntries <= 1 << 24, keySize <= 512 else {
-            throw .map(name: name, reason: "too large (value \(valueSize), entries \(maxEntries), key \(keySize))")
+            throw .map(name: name, reason: "too large (value \(valueSize), entries \(maxEntries), key \(keySize); limits 2^26, 2^24, 512)")
+        }
+        let stride = (valueSize + 7) & ~7
+        let (bytes, o1) = stride.multipliedReportingOverflow(by: maxEntries)
+        let (keyBytes, o2) = keySize.multipliedReportingOverflow(by: type == .hash ? maxEntries : 0)
+        guard !o1, !o2, bytes + keyBytes <= Self.maxBytes else {
+            throw .map(name: name, reason: "\(maxEntries) entries of \(valueSize)-byte values need more than the \(Self.maxBytes >> 20) MiB a map may have (BPFMap.maxBytes)")
         }
         self.name = name; self.type = type; self.keySize = keySize; self.valueSize = valueSize
         self.maxEntries = maxEntries; self.readOnly = readOnly

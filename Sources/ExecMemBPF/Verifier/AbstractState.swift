@@ -32,6 +32,14 @@ enum AbstractValue: Equatable, Sendable {
         return nil
     }
 
+    /// The value as another function sees it: a lookup result's id names a call of this function's
+    /// own, and two calls of one function would otherwise hand back results with the same id (a null
+    /// test of one would then narrow the other).
+    var crossingFunctions: AbstractValue {
+        if case let .mapValueOrNull(m, _) = self { return .mapValueOrNull(m, id: 0) }
+        return self
+    }
+
     func join(_ o: AbstractValue) -> AbstractValue {
         switch (self, o) {
         case (.uninitialized, _), (_, .uninitialized): return .uninitialized
@@ -97,19 +105,39 @@ struct StackState: Equatable, Sendable {
     /// Byte index (0..<512) of frame offset `offset` (-512..<0).
     static func byte(_ offset: Int) -> Int { offset + BPF.stackSize }
 
+    /// The bits of bytes `[offset, offset + size)` in word `w` (a mask).
+    @inline(__always) static func mask(_ offset: Int, _ size: Int, word w: Int) -> UInt64 {
+        let lo = max(byte(offset), w * 64), hi = min(byte(offset) + size, w * 64 + 64)
+        guard lo < hi else { return 0 }
+        let n = hi - lo
+        return (n == 64 ? UInt64.max : (1 << UInt64(n)) - 1) << UInt64(lo - w * 64)
+    }
+
     func isWritten(_ offset: Int, _ size: Int) -> Bool {
-        for k in Self.byte(offset)..<(Self.byte(offset) + size) where written[k >> 6] & (1 << UInt64(k & 63)) == 0 { return false }
+        for w in (byte(offset) >> 6)...((byte(offset) + size - 1) >> 6) {
+            let m = Self.mask(offset, size, word: w)
+            if written[w] & m != m { return false }
+        }
         return true
     }
 
     mutating func markWritten(_ offset: Int, _ size: Int) {
-        for k in Self.byte(offset)..<(Self.byte(offset) + size) { written[k >> 6] |= 1 << UInt64(k & 63) }
+        for w in (Self.byte(offset) >> 6)...((Self.byte(offset) + size - 1) >> 6) { written[w] |= Self.mask(offset, size, word: w) }
+    }
+
+    private func byte(_ offset: Int) -> Int { Self.byte(offset) }
+
+    /// Index of the first spill at or after `slot` (spills are sorted).
+    func firstSpill(atOrAfter slot: Int) -> Int {
+        var lo = 0, hi = spills.count
+        while lo < hi { let m = (lo + hi) / 2; if spills[m].slot < slot { lo = m + 1 } else { hi = m } }
+        return lo
     }
 
     func spill(at offset: Int) -> AbstractValue? {
         guard offset & 7 == 0 else { return nil }
-        let slot = Self.byte(offset) >> 3
-        return spills.first { $0.slot == slot }?.value
+        let slot = Self.byte(offset) >> 3, k = firstSpill(atOrAfter: slot)
+        return k < spills.count && spills[k].slot == slot ? spills[k].value : nil
     }
 
     /// Forgets spills overlapping `[lo, hi)` (frame offsets, clamped to the frame).
@@ -117,25 +145,31 @@ struct StackState: Equatable, Sendable {
         guard !spills.isEmpty else { return }
         let a = max(lo, -BPF.stackSize), b = min(hi, 0)
         guard a < b else { return }
-        let first = Self.byte(a) >> 3, last = (Self.byte(b) - 1) >> 3
-        spills.removeAll { $0.slot >= first && $0.slot <= last }
+        let first = firstSpill(atOrAfter: Self.byte(a) >> 3), end = firstSpill(atOrAfter: ((Self.byte(b) - 1) >> 3) + 1)
+        if first < end { spills.removeSubrange(first..<end) }
     }
 
     mutating func setSpill(_ offset: Int, _ value: AbstractValue) {
-        clobber(offset, offset + 8)
-        let slot = Self.byte(offset) >> 3
-        let at = spills.firstIndex { $0.slot > slot } ?? spills.count
-        spills.insert(Spill(slot: slot, value: value), at: at)
+        let slot = Self.byte(offset) >> 3, k = firstSpill(atOrAfter: slot)
+        if k < spills.count && spills[k].slot == slot {
+            if spills[k].value != value { spills[k].value = value }
+        } else {
+            spills.insert(Spill(slot: slot, value: value), at: k)
+        }
     }
 
     func join(_ o: StackState, widen t: Thresholds?) -> StackState {
         var r = StackState()
         r.written = written & o.written
         guard !spills.isEmpty, !o.spills.isEmpty else { return r }
-        for s in spills {
-            guard let other = o.spills.first(where: { $0.slot == s.slot }) else { continue }
-            let v = t.map { s.value.widened(to: other.value, thresholds: $0) } ?? s.value.join(other.value)
-            if v.isInitialized { r.spills.append(Spill(slot: s.slot, value: v)) }
+        var a = 0, b = 0  // both sorted by slot: one merge
+        while a < spills.count && b < o.spills.count {
+            let x = spills[a], y = o.spills[b]
+            if x.slot < y.slot { a += 1; continue }
+            if y.slot < x.slot { b += 1; continue }
+            let v = x.value == y.value ? x.value : t.map { x.value.widened(to: y.value, thresholds: $0) } ?? x.value.join(y.value)
+            if v.isInitialized { r.spills.append(Spill(slot: x.slot, value: v)) }
+            a += 1; b += 1
         }
         return r
     }

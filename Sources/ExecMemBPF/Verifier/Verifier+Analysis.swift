@@ -18,6 +18,7 @@ struct Analysis {
     let helpers: [Int32: BPFHelper]
     let maps: [BPFMap]
     let thresholds: Thresholds
+    let limit: Int
 
     /// Function index of each instruction.
     var functionOf: [Int32]
@@ -32,8 +33,8 @@ struct Analysis {
     var visits: [Int] = []
     var queued: [Bool] = []
     var worklist = MinHeap()
-    /// Block successors seen (for the termination check), as (from, to) pairs.
-    var edges: [(Int, Int)] = []
+    /// Block successors seen (for the termination check), each once.
+    var successors: [[Int32]] = []
 
     struct Summary: Equatable {
         var result: AbstractValue? = nil
@@ -48,12 +49,16 @@ struct Analysis {
     var reached: [Bool]
     var readable: [UInt16]
     var needsZeroedStack = false
-    var analysedBlocks = 0
+    var analysedBlocks = 0, analysedInstructions = 0
+    /// Blocks with exactly one predecessor that is not a loop's back edge: analysed straight from it.
+    var single: [Bool] = []
+    var pending: [(Int, AbstractState)] = []
 
     /// Rounds of plain joins at a loop header or function entry before widening.
     static let joinsBeforeWidening = 1
 
-    init(program: [BPFInstruction], code: [BPFDecoded], functions: [Int], helpers: [Int32: BPFHelper], maps: [BPFMap]) {
+    init(program: [BPFInstruction], code: [BPFDecoded], functions: [Int], helpers: [Int32: BPFHelper], maps: [BPFMap], limit: Int) {
+        self.limit = limit
         self.program = program
         self.code = code
         self.functions = functions
@@ -95,8 +100,33 @@ struct Analysis {
             blockStart.append(i)
         }
         for (k, s) in blockStart.enumerated() { blockEnd.append(k + 1 < blockStart.count ? blockStart[k + 1] : n) }
+        // Predecessors of each block (function entries count as many: their callers join there).
+        var predecessors = [Int](repeating: 0, count: blockStart.count)
+        for s in functions { predecessors[Int(blockAt[s])] = 2 }
+        for k in blockStart.indices {
+            let last = blockEnd[k] - 1
+            var p = last
+            if p > 0 && code[p - 1].operation == .lddw && blockStart[k] <= p - 1 { p -= 1 }
+            switch code[p].operation {
+            case .jump(let c, _, _):
+                predecessors[Int(blockAt[Int(code[p].target)])] += 1
+                if c != nil && p + 1 < n { predecessors[Int(blockAt[p + 1])] += 1 }
+            case .exit, .unreachable:
+                break
+            default:
+                let next = p + (code[p].operation == .lddw ? 2 : 1)
+                if next < n && blockAt[next] >= 0 { predecessors[Int(blockAt[next])] += 1 }
+            }
+        }
+        // A block that ends in a local call is analysed again when its callee's summary changes,
+        // from its kept entry state: it must keep one.
+        let headers = isLoopHeader, starts = blockStart, ends = blockEnd, decoded = code
+        single = starts.indices.map { k in
+            predecessors[k] == 1 && !headers[starts[k]] && decoded[ends[k] - 1].operation != .callLocal
+        }
         entry = [AbstractState](repeating: AbstractState.entry, count: blockStart.count)
         entered = [Bool](repeating: false, count: blockStart.count)
+        successors = [[Int32]](repeating: [], count: blockStart.count)
         visits = [Int](repeating: 0, count: blockStart.count)
         queued = [Bool](repeating: false, count: blockStart.count)
         summaries = [Summary](repeating: Summary(), count: functions.count)
@@ -110,10 +140,15 @@ struct Analysis {
 
     mutating func run() throws(BPFError) -> BPFVerifiedProgram {
         propagate(AbstractState.entry, to: 0, from: nil)
-        while let b = worklist.pop() {
-            queued[b] = false
-            analysedBlocks += 1
-            try analyse(block: b)
+        while true {
+            if let (b, state) = pending.popLast() {
+                try analyse(block: b, state)
+            } else if let b = worklist.pop() {
+                queued[b] = false
+                try analyse(block: b, entry[b])
+            } else {
+                break
+            }
         }
         try checkTermination()
         var loopHeaders: [Int: UInt32] = [:]
@@ -140,9 +175,15 @@ struct Analysis {
     }
 
     /// Joins `state` into the entry of the block at instruction `target`; queues it if that changed.
+    /// A block entered from one place only is analysed next with `state` as it is (nothing to join,
+    /// so its state need not be kept).
     mutating func propagate(_ state: consuming AbstractState, to target: Int, from: Int?) {
         let b = Int(blockAt[target])
-        if let from { edges.append((from, b)) }
+        if let from, !successors[from].contains(Int32(b)) { successors[from].append(Int32(b)) }
+        if single[b] && from != nil {
+            pending.append((b, state))
+            return
+        }
         if entered[b] {
             visits[b] += 1
             // Plain joins first, then widening to the program's constants, then to the limits (a
@@ -157,9 +198,14 @@ struct Analysis {
         if !queued[b] { queued[b] = true; worklist.push(b) }
     }
 
-    mutating func analyse(block b: Int) throws(BPFError) {
-        var s = entry[b]
+    mutating func analyse(block b: Int, _ state: AbstractState) throws(BPFError) {
+        var s = state
         var i = blockStart[b]
+        analysedBlocks += 1
+        analysedInstructions += blockEnd[b] - i
+        guard analysedInstructions <= limit else {
+            throw fail(i, "the program is too complex to verify: the analysis went through \(limit) instructions without reaching a fixed point")
+        }
         while i < blockEnd[b] {
             reached[i] = true
             readable[i] = s.readableMask
@@ -191,14 +237,19 @@ struct Analysis {
     mutating func exit(_ s: AbstractState, at i: Int) throws(BPFError) {
         let f = Int(functionOf[i])
         // Main returns r0 to the host; a function may return nothing (its caller may not read r0).
-        guard f != 0 else {
+        // Main may also be called as a function: then it has a summary like any other.
+        if f == 0 {
             guard s[0].isInitialized else { throw fail(i, "r0 is not initialized at exit") }
-            return
         }
-        var r0 = s[0]
+        var r0 = s[0].crossingFunctions
         if case let .pointer(.stack, off) = r0 {
-            guard off.smin >= 0 else { throw fail(i, "returns a pointer into its own stack frame, which is gone after the return") }
-            r0 = .pointer(.stack, Self.shift(off, -BPF.stackSize))
+            if off.smin >= 0 {
+                r0 = .pointer(.stack, Self.shift(off, -BPF.stackSize))
+            } else if f == 0 {
+                r0 = .uninitialized  // fine for the host; a caller of main may not read it
+            } else {
+                throw fail(i, "returns a pointer into its own stack frame, which is gone after the return")
+            }
         }
         var sum = summaries[f]
         let joined = sum.result.map { old in sum.changes > Self.joinsBeforeWidening ? old.widened(to: old.join(r0), thresholds: sum.changes > 2 * Self.joinsBeforeWidening ? .none : thresholds) : old.join(r0) } ?? r0
@@ -218,7 +269,7 @@ struct Analysis {
         var callee = AbstractState(registers: [AbstractValue](repeating: .uninitialized, count: 11))
         var passesStack = false
         for r in 1...5 {
-            var v = s.registers[r]
+            var v = s.registers[r].crossingFunctions
             if case let .pointer(.stack, off) = v { v = .pointer(.stack, Self.shift(off, BPF.stackSize)); passesStack = true }
             callee.registers[r] = v
         }
@@ -316,9 +367,7 @@ struct Analysis {
     /// Rejects loops that no path leaves: a strongly connected set of blocks with no edge out and no exit.
     func checkTermination() throws(BPFError) {
         guard hasBackEdge else { return }  // no cycle without a jump back (calls are summarised)
-        let n = blockStart.count
-        var successors = [[Int]](repeating: [], count: n)
-        for (a, b) in edges { successors[a].append(b) }
+        let successors = self.successors.map { $0.map(Int.init) }
         for sccBlocks in StronglyConnected.components(successors) {
             let members = Set(sccBlocks)
             let cyclic = sccBlocks.count > 1 || successors[sccBlocks[0]].contains(sccBlocks[0])

@@ -78,7 +78,9 @@ extension Analysis {
             return .pointer(r, Bounds.alu64(op, off, y))
         case let (.scalar(x, _), .pointer(r, off)) where wide && op == .add:
             return .pointer(r, Bounds.alu64(.add, off, x))
-        case let (.pointer(r, x), .pointer(q, y)) where wide && op == .sub && r == q:
+        case let (.pointer(r, x), .pointer(q, y)) where wide && op == .sub && r == q && !r.isMap:
+            // Stack and context offsets share one base; map offsets are from the start of *some*
+            // value (two lookups may return different elements), so their difference is unknown.
             return .scalar(Bounds.alu64(.sub, x, y), length: false)
         default:
             // Anything else done to a pointer or map handle leaves a number, which is never memory.
@@ -101,8 +103,8 @@ extension Analysis {
     /// The constant frame offset of `[r + d.offset]` when `r` points into this function's frame.
     func stackOffset(_ s: AbstractState, _ r: UInt8, _ d: BPFDecoded) -> Int? {
         guard case let .pointer(.stack, off) = s[r], let c = off.constant else { return nil }
-        let o = Int64(bitPattern: c) + Int64(d.offset)
-        return o >= -Int64(BPF.stackSize) && o + Int64(d.size) <= 0 ? Int(o) : nil
+        let (o, overflow) = Int64(bitPattern: c).addingReportingOverflow(Int64(d.offset))
+        return !overflow && o >= -Int64(BPF.stackSize) && o <= -Int64(d.size) ? Int(o) : nil
     }
 
     /// What a write through `[base + offset]` into the stack does to the frame: an exact write marks
@@ -152,7 +154,7 @@ extension Analysis {
             if bounded && hi + Int64(size) <= 0 { throw fail(i, "context access at offset \(lo) is before the context") }
             if bounded && lo >= 0 && UInt64(hi) + UInt64(size) <= s.contextLength {
                 check = .proven
-            } else if lo == hi && lo >= 0 && lo + Int64(size) <= Int64(Int32.max) {
+            } else if lo == hi && lo >= 0 && lo <= Int64(Int32.max) - Int64(size) {
                 check = .contextEnd(Int32(lo) + Int32(size))
             }
         case let .map(m):
@@ -201,6 +203,7 @@ extension Analysis {
         case .number:
             s[0] = .unknownScalar
         case .mapValueOrNull:
+            guard map != nil else { throw fail(i, "\(h.name): its prototype returns a map value but takes no map") }
             // Older copies from this call site can no longer be told apart from the new one.
             s.mapValues { v in if case let .mapValueOrNull(m, id) = v, id == i + 1 { return .mapValueOrNull(m, id: 0) }; return v }
             s[0] = .mapValueOrNull(map ?? 0, id: i + 1)

@@ -18,15 +18,21 @@ public struct BPFVerifier: Sendable {
     /// The largest program accepted, and the default instruction budget of a run (Linux's
     /// BPF_COMPLEXITY_LIMIT_INSNS).
     public static let maxInstructions = 1_000_000
+    /// The most instructions the analysis goes through before it gives up on a program as too
+    /// complex (Linux's verifier has the same kind of limit): verification time is bounded by it.
+    public static let maxAnalysedInstructions = 8_000_000
 
     let helpers: [Int32: BPFHelper]
     let maps: [BPFMap]
+    /// Instructions the analysis may go through before it refuses the program as too complex.
+    public let complexityLimit: Int
 
     /// A verifier for programs that may call `helpers` (by number) and reference `maps` (by index,
     /// with `lddw dst, map[N]`: `src` 1, or `map[N]+offset`: `src` 2, as Linux's pseudo map loads).
-    public init(helpers: [Int32: BPFHelper], maps: [BPFMap] = []) {
+    public init(helpers: [Int32: BPFHelper], maps: [BPFMap] = [], complexityLimit: Int = maxAnalysedInstructions) {
         self.helpers = helpers
         self.maps = maps
+        self.complexityLimit = complexityLimit
     }
 
     /// Checks `program`; returns it decoded, with what the analysis proved.
@@ -72,7 +78,7 @@ public struct BPFVerifier: Sendable {
                 code[i] = try decode(p[i], at: i, next: i + 1 < p.count ? p[i + 1] : nil, function: start..<end, secondSlot: secondSlot)
             }
         }
-        var analysis = Analysis(program: p, code: code, functions: functions, helpers: helpers, maps: maps)
+        var analysis = Analysis(program: p, code: code, functions: functions, helpers: helpers, maps: maps, limit: complexityLimit)
         return try analysis.run()
     }
 
