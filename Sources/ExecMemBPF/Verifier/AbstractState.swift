@@ -182,18 +182,45 @@ struct AbstractState: Equatable, Sendable {
     var stack = StackState()
     /// The context is proven at least this long (from tests of the length in r2).
     var contextLength: UInt64 = 0
+    /// Accesses already checked at run time on every path here, through registers unchanged since:
+    /// `[r + lo, r + hi)` lies in r's region, so a later access inside it needs no check.
+    var checked: [Window] = []
+
+    struct Window: Equatable, Sendable {
+        var register: UInt8
+        var lo: Int32
+        var hi: Int32
+    }
 
     init(registers: [AbstractValue]) { self.registers = registers }
 
     static func == (a: AbstractState, b: AbstractState) -> Bool {
-        guard a.contextLength == b.contextLength else { return false }
+        guard a.contextLength == b.contextLength, a.checked == b.checked else { return false }
         for k in 0..<11 where a.registers[k] != b.registers[k] { return false }
         return a.stack == b.stack
     }
 
+    /// A register; writing one forgets the checked windows through it.
     subscript(_ r: UInt8) -> AbstractValue {
         get { registers[Int(r)] }
-        set { registers[Int(r)] = newValue }
+        set {
+            registers[Int(r)] = newValue
+            if !checked.isEmpty { checked.removeAll { $0.register == r } }
+        }
+    }
+
+    /// Whether `[r + lo, r + hi)` was checked already.
+    func isChecked(_ r: UInt8, _ lo: Int32, _ hi: Int32) -> Bool {
+        checked.contains { $0.register == r && $0.lo <= lo && hi <= $0.hi }
+    }
+
+    /// Records that `[r + lo, r + hi)` passed its check (merged with a window it touches).
+    mutating func markChecked(_ r: UInt8, _ lo: Int32, _ hi: Int32) {
+        if let k = checked.firstIndex(where: { $0.register == r && $0.lo <= hi && lo <= $0.hi }) {
+            checked[k].lo = min(checked[k].lo, lo); checked[k].hi = max(checked[k].hi, hi)
+        } else if checked.count < 16 {
+            checked.append(Window(register: r, lo: lo, hi: hi))
+        }
     }
 
     /// Main's state at entry: r1 the context, r2 its length, the others 0 (both engines clear them).
@@ -217,6 +244,14 @@ struct AbstractState: Equatable, Sendable {
             if joined != stack { stack = joined; changed = true }
         }
         if o.contextLength < contextLength { contextLength = o.contextLength; changed = true }
+        if checked != o.checked {
+            let kept = checked.compactMap { w -> Window? in
+                // What both paths checked: the overlap of windows through the same register.
+                guard let v = o.checked.first(where: { $0.register == w.register && $0.lo < w.hi && w.lo < $0.hi }) else { return nil }
+                return Window(register: w.register, lo: max(w.lo, v.lo), hi: min(w.hi, v.hi))
+            }
+            if kept != checked { checked = kept; changed = true }
+        }
         return changed
     }
 

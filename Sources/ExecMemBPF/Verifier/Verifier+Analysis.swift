@@ -278,8 +278,8 @@ struct Analysis {
         propagate(callee, to: Int(d.target), from: nil)
         guard let result = summaries[g].result else { return }  // the callee has not returned yet
         var after = s
-        after.registers[0] = result
-        for r in 1...5 { after.registers[r] = .uninitialized }
+        after[0] = result
+        for r: UInt8 in 1...5 { after[r] = .uninitialized }
         if passesStack || summaries[g].writesAbove { after.stack.spills = [] }
         if summaries[g].writesAbove { markWritesAbove(f) }
         propagate(after, to: i + 1, from: block)

@@ -42,6 +42,7 @@ extension Analysis {
         case let .load(size, signed):
             let a = try access(s, base: d.src, d, at: i, write: false)
             code[i].access = a
+            remember(&s, a, base: d.src, d)
             var value: AbstractValue = .scalar(signed ? .signed(-(1 << Int64(size * 8 - 1)), (1 << Int64(size * 8 - 1)) - 1) : .width(Int(size) * 8), length: false)
             if a.region == .stack, size == 8, let off = stackOffset(s, d.src, d), let spilled = s.stack.spill(at: off) { value = spilled }
             s[d.dst] = value
@@ -49,6 +50,7 @@ extension Analysis {
             let v: AbstractValue = register ? try read(s, d.src, at: i) : .constant(UInt64(bitPattern: d.imm))
             let a = try access(s, base: d.dst, d, at: i, write: true)
             code[i].access = a
+            remember(&s, a, base: d.dst, d)
             if a.region == .stack { stackWrite(&s, base: d.dst, d, spill: size == 8 && register ? v : nil) }
         case let .atomic(op, size):
             let v = try read(s, d.src, at: i)
@@ -56,6 +58,7 @@ extension Analysis {
             guard v.bounds != nil else { throw fail(i, "an atomic operand must be a number, r\(d.src) is \(v.described)") }
             let a = try access(s, base: d.dst, d, at: i, write: true, atomic: true)
             code[i].access = a
+            remember(&s, a, base: d.dst, d)
             if a.region == .stack { stackWrite(&s, base: d.dst, d, spill: nil) }
             let old = AbstractValue.scalar(.width(Int(size) * 8), length: false)
             switch op {
@@ -124,6 +127,11 @@ extension Analysis {
         }
     }
 
+    /// After a run-time check passed, the same bytes through the same register need none.
+    func remember(_ s: inout AbstractState, _ a: BPFAccess, base: UInt8, _ d: BPFDecoded) {
+        if a.check != .proven { s.markChecked(base, Int32(d.offset), Int32(d.offset) + Int32(d.size)) }
+    }
+
     /// Checks an access through `[base + offset]` and decides how the engines check it.
     mutating func access(_ s: AbstractState, base: UInt8, _ d: BPFDecoded, at i: Int, write: Bool,
                          atomic: Bool = false) throws(BPFError) -> BPFAccess {
@@ -162,6 +170,7 @@ extension Analysis {
             if write && map.readOnly { throw fail(i, "map '\(map.name)' is read-only to programs") }
             if bounded && lo >= 0 && hi + Int64(size) <= Int64(map.valueSize) { check = .proven }
         }
+        if check != .proven && s.isChecked(base, Int32(d.offset), Int32(d.offset) + Int32(size)) { check = .proven }
         // Natural alignment: frames and map values are 8-byte aligned; the context may be anything.
         let aligned = region != .context && lo == hi && bounded && lo % Int64(size) == 0
         return BPFAccess(region: region, check: check, aligned: aligned)
