@@ -4,6 +4,7 @@
 import ExecMem
 import ExecMemELF
 
+/// Everything that can go wrong loading or running a program, each case saying where.
 public enum BPFError: Error, CustomStringConvertible, Sendable, Equatable {
     /// Bytecode that is not a whole number of instructions, a `.data` file without a program.
     case malformed(String)
@@ -23,6 +24,7 @@ public enum BPFError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The allocator refused the JIT's memory.
     case allocator(ExecMemError)
 
+    /// One line: the case and where.
     public var description: String {
         switch self {
         case let .malformed(what): "malformed program: \(what)"

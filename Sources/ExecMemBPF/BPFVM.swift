@@ -5,11 +5,16 @@
 import ExecMem
 import Synchronization
 
+/// Which engine runs a program: both run the verifier's decoded form and agree on every result.
 public enum BPFEngine: String, Sendable, CaseIterable, Codable {
     case interpreter
     case jit
 }
 
+/// The runtime a host creates: helpers by number, the allocator JIT code goes to, program loading.
+/// 
+/// Thread-safe (helpers are kept under a lock; a program loaded takes a snapshot of them). It must
+/// outlive nothing: programs keep what they need.
 public final class BPFVM: @unchecked Sendable {
     private let state = Mutex<[Int32: BPFHelper]>(MapHelpers.builtins)
     let allocatorOverride: ExecMemAllocator?
@@ -19,6 +24,8 @@ public final class BPFVM: @unchecked Sendable {
         allocatorOverride = allocator
     }
 
+    /// The allocator JIT code is written to (the process's shared one unless one was given).
+    /// - Throws: `BPFError.allocator` when the shared allocator cannot be created.
     public var allocator: ExecMemAllocator {
         get throws(BPFError) {
             if let a = allocatorOverride { return a }
@@ -31,6 +38,7 @@ public final class BPFVM: @unchecked Sendable {
         state.withLock { $0[number] = helper }
     }
 
+    /// The helpers programs loaded now may call, by number.
     public var helpers: [Int32: BPFHelper] { state.withLock { $0 } }
 
     /// Verifies and loads a program. `maps` are the maps its `lddw map[N]` references name (by
@@ -59,6 +67,7 @@ public final class BPFProgram: @unchecked Sendable {
     /// Budget units a run gets unless told otherwise: Linux's limit of 1,000,000 instructions.
     public static let defaultBudget = UInt64(BPFVerifier.maxInstructions)
 
+    /// The name given at load (ELF: the function), for messages.
     public let name: String
     /// What the verifier proved; both engines run it.
     public let verified: BPFVerifiedProgram
@@ -71,6 +80,7 @@ public final class BPFProgram: @unchecked Sendable {
     /// most this many instructions; one that would need more stops with a runtime error.
     public let budget: UInt64
     let helpers: [Int32: BPFHelper]
+    /// The maps the program references, by the index `lddw map[N]` uses.
     public let maps: [BPFMap]
     let mapsByHandle: [UInt: BPFMap]
     /// Each map's value slab, by map index.

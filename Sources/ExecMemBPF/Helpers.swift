@@ -6,11 +6,13 @@
 
 import Synchronization
 
+/// A helper as a C function of r1-r5, returning r0.
 public typealias BPFHelperFunction = @convention(c) (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64
 
 /// What a helper takes and returns, as the verifier checks it at every call site (Linux's
 /// `bpf_func_proto`). Arguments are r1, r2, ... in order; the registers after the last are not read.
 public struct BPFHelperPrototype: Sendable, Equatable {
+    /// What one argument register must hold.
     public enum Argument: Sendable, Equatable {
         /// Any initialized value. A stack pointer passed this way makes the verifier assume the helper
         /// may read and write the whole stack.
@@ -23,6 +25,7 @@ public struct BPFHelperPrototype: Sendable, Equatable {
         case mapValue
     }
 
+    /// What the helper leaves in r0.
     public enum Result: Sendable, Equatable {
         /// A number the program cannot dereference.
         case number
@@ -30,9 +33,12 @@ public struct BPFHelperPrototype: Sendable, Equatable {
         case mapValueOrNull
     }
 
+    /// r1, r2, ... in order.
     public var arguments: [Argument]
+    /// What r0 holds after the call.
     public var result: Result
 
+    /// A prototype of up to five arguments.
     public init(arguments: [Argument], result: Result = .number) {
         precondition(arguments.count <= 5, "helpers take at most five arguments (r1-r5)")
         self.arguments = arguments
@@ -46,12 +52,15 @@ public struct BPFHelperPrototype: Sendable, Equatable {
 /// A helper: a host function a program calls by number, with the prototype the verifier checks.
 /// Immutable and `Sendable`; a Swift closure helper stays registered for the life of the process.
 public struct BPFHelper: Sendable {
+    /// The host code behind a helper.
     public enum Implementation: Sendable {
         case c(BPFHelperFunction)
         case swift(@Sendable (UInt64, UInt64, UInt64, UInt64, UInt64) -> UInt64)
     }
 
+    /// The name messages use.
     public let name: String
+    /// What runs when a program calls it.
     public let implementation: Implementation
     /// When the helper returns 0 the program stops at once with r0 = 0 (the conformance suite's
     /// "unwind" helper, Linux's bpf_tail_call in spirit).

@@ -6,6 +6,7 @@
 
 import Synchronization
 
+/// Map types, with Linux's numbers.
 public enum BPFMapType: UInt32, Sendable, Codable {
     case hash = 1
     case array = 2
@@ -27,10 +28,15 @@ public final class BPFMap: @unchecked Sendable {
     /// ELF object's `maps` section, or a data section) are refused with a typed error.
     public static let maxBytes = 256 << 20
 
+    /// The map's name (an ELF symbol or section name).
     public let name: String
+    /// Hash or array.
     public let type: BPFMapType
+    /// Bytes of a key (4 for arrays).
     public let keySize: Int
+    /// Bytes of a value.
     public let valueSize: Int
+    /// Entries it can hold.
     public let maxEntries: Int
     /// Read-only to programs (a .rodata section).
     public let readOnly: Bool
@@ -47,6 +53,9 @@ public final class BPFMap: @unchecked Sendable {
         var free: [Int] = []
     }
 
+    /// A map with every value zero.
+    /// - Throws: `BPFError.map` for non-positive or too large sizes (limits 2^26-byte values, 2^24 entries,
+    ///   512-byte keys, `maxBytes` in all).
     public init(name: String, type: BPFMapType, keySize: Int, valueSize: Int, maxEntries: Int, readOnly: Bool = false) throws(BPFError) {
         guard keySize > 0, valueSize > 0, maxEntries > 0 else {
             throw .map(name: name, reason: "key size \(keySize), value size \(valueSize) and max entries \(maxEntries) must be positive")
@@ -141,11 +150,13 @@ public final class BPFMap: @unchecked Sendable {
 
     // MARK: - Host side
 
+    /// The value for `key`, or nil. - Throws: `BPFError.map` for a key of the wrong size.
     public func lookup(_ key: [UInt8]) throws(BPFError) -> [UInt8]? {
         guard key.count == keySize else { throw .map(name: name, reason: "key of \(key.count) bytes, the map takes \(keySize)") }
         return key.withUnsafeBytes { k in lookup(key: k.baseAddress!).map { Array(UnsafeRawBufferPointer(start: $0, count: valueSize)) } }
     }
 
+    /// Sets the value for `key` (Linux's flags). - Throws: `BPFError.map` for wrong sizes, a full map, or a flag refused.
     public func update(_ key: [UInt8], _ value: [UInt8], flag: BPFUpdateFlag = .any) throws(BPFError) {
         guard key.count == keySize, value.count == valueSize else {
             throw .map(name: name, reason: "key/value of \(key.count)/\(value.count) bytes, the map takes \(keySize)/\(valueSize)")
@@ -154,6 +165,7 @@ public final class BPFMap: @unchecked Sendable {
         if r != 0 { throw .map(name: name, reason: "update failed with errno \(-r)") }
     }
 
+    /// Removes `key` (hash maps). - Throws: `BPFError.map` when absent or for arrays.
     public func delete(_ key: [UInt8]) throws(BPFError) {
         guard key.count == keySize else { throw .map(name: name, reason: "key of \(key.count) bytes, the map takes \(keySize)") }
         let r = key.withUnsafeBytes { delete(key: $0.baseAddress!) }

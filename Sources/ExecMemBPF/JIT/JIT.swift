@@ -30,6 +30,7 @@ public struct JITOptions: Sendable {
     /// the host trusts to end (and to measure what the budget costs): such a run is unbounded on the
     /// JIT, while the interpreter still charges.
     public var budget: Bool
+    /// Options; the defaults check everything.
     public init(boundsChecks: Bool = true, budget: Bool = true) { self.boundsChecks = boundsChecks; self.budget = budget }
 }
 

@@ -14,6 +14,8 @@
 // A rejection names the instruction and the reason. What the analysis proved is the
 // `BPFVerifiedProgram` both engines run.
 
+/// The verifier: checks a program against the helpers and maps it may use, and proves what it can.
+/// A value type, immutable and `Sendable`: any thread may verify with it, as often as it likes.
 public struct BPFVerifier: Sendable {
     /// The largest program accepted, and the default instruction budget of a run (Linux's
     /// BPF_COMPLEXITY_LIMIT_INSNS).
