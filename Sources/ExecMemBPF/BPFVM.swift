@@ -108,15 +108,8 @@ public final class BPFProgram: @unchecked Sendable {
         switch engine {
         case .interpreter: return try interpret(memory: memory, budget: budget ?? self.budget)
         case .jit:
-            let raw = published.load(ordering: .acquiring)
-            if raw != 0 {  // compiled: run without counting references to the code
-                var failure: BPFError? = nil
-                let r0: UInt64 = Unmanaged<JITCode>.fromOpaque(UnsafeRawPointer(bitPattern: raw)!)._withUnsafeGuaranteedRef { c in
-                    do throws(BPFError) { return try c.run(self, memory: memory, budget: budget ?? self.budget) } catch { failure = error; return 0 }
-                }
-                if let failure { throw failure }
-                return r0
-            }
+            // The run holds the code: a helper may unload or recompile this program mid-run, and the
+            // code it returns into must stay (one reference count, ~2 ns).
             return try jitCode().run(self, memory: memory, budget: budget ?? self.budget)
         }
     }
@@ -129,7 +122,7 @@ public final class BPFProgram: @unchecked Sendable {
     }
 
     /// The JIT code, compiled on first use. The fast path is one atomic load: `compiled` owns the
-    /// code, `published` names it for runs.
+    /// code, `published` names it for runs. What it returns is a counted reference.
     @inline(__always)
     func jitCode(options: JITOptions = .init()) throws(BPFError) -> JITCode {
         let raw = published.load(ordering: .acquiring)
@@ -152,8 +145,9 @@ public final class BPFProgram: @unchecked Sendable {
         return try r.get()
     }
 
-    /// Compiles now (with `options`), replacing earlier JIT code. Must not overlap a JIT run of this
-    /// program on another thread (the old code is freed).
+    /// Compiles now (with `options`), replacing earlier JIT code. Runs in progress (a helper may call
+    /// this) finish on the code they started with, which is freed after them. Must not race with a
+    /// run starting on another thread (the starting run could read the old code as it is replaced).
     public func compile(options: JITOptions = .init()) throws(BPFError) {
         let c = try BPFJIT.compile(self, allocator: try vm.allocator, options: options)
         compiled.withLock { slot in
@@ -176,8 +170,9 @@ public final class BPFProgram: @unchecked Sendable {
     /// The JIT code's allocation, once compiled.
     public var jitAllocation: Allocation? { compiled.withLock { $0?.allocation } }
 
-    /// Frees the JIT code now (it is also freed when the program goes away). Must not overlap a JIT
-    /// run of this program on another thread; a later JIT run compiles it again.
+    /// Frees the JIT code (it is also freed when the program goes away); runs in progress keep it
+    /// until they end. A later JIT run compiles it again. Must not race with a run starting on
+    /// another thread.
     public func unload() {
         compiled.withLock { slot in
             published.store(0, ordering: .releasing)

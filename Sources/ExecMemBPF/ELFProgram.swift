@@ -57,6 +57,13 @@ extension BPFVM {
         var maps: [BPFMap] = []
         var mapBySymbol: [Int: BPFMap] = [:]
         var dataMap: [Int: BPFMap] = [:]  // section index -> its map
+        var mapBytes = 0  // all of one object's maps together stay within BPFMap.maxBytes
+        func admit(_ bytes: Int, _ what: String) throws(BPFError) {
+            mapBytes += bytes
+            guard mapBytes <= BPFMap.maxBytes else {
+                throw .link(section: what, offset: 0, reason: "the object's maps and data sections need more than the \(BPFMap.maxBytes >> 20) MiB all of them may take (BPFMap.maxBytes)")
+            }
+        }
         for s in f.sections where s.isAllocated && !s.isExecutable && s.size > 0 {
             if s.name == "maps" {
                 for sym in f.symbols where Int(sym.sectionIndex) == s.index && sym.type != ELF.STT_SECTION {
@@ -68,6 +75,8 @@ extension BPFVM {
                     guard let type = BPFMapType(rawValue: words[0]) else {
                         throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' has type \(words[0]); only hash (1) and array (2) are supported")
                     }
+                    let (size, overflow) = Int(words[2]).multipliedReportingOverflow(by: Int(words[3]))
+                    try admit(overflow ? Int.max / 2 : size, "maps")
                     let m = try BPFMap(name: sym.name, type: type, keySize: Int(words[1]), valueSize: Int(words[2]), maxEntries: Int(words[3]))
                     maps.append(m)
                     mapBySymbol[sym.index] = m
@@ -75,6 +84,7 @@ extension BPFVM {
             } else if s.name == ".maps" {
                 throw .link(section: ".maps", offset: 0, reason: "BTF-defined maps are not supported; declare maps as SEC(\"maps\") struct bpf_map_def")
             } else if s.name.hasPrefix(".rodata") || s.name.hasPrefix(".data") || s.name.hasPrefix(".bss") {
+                try admit(s.size, s.name)
                 let m = try BPFMap(name: s.name, type: .array, keySize: 4, valueSize: s.size, maxEntries: 1, readOnly: !s.isWritable)
                 if s.hasFileBytes { m.initialize(f.contents(s), at: 0) }
                 maps.append(m)

@@ -57,6 +57,8 @@ final class RunContext {
         unowned(unsafe) var program: BPFProgram?
         var budget: UInt64 = 0
         var helperMessage: String?
+        /// Runs nested inside this thread's own run, now.
+        var nested = 0
     }
     let state: UnsafeMutablePointer<State>
     var program: BPFProgram? {
@@ -228,9 +230,21 @@ final class RunContext {
                 if let failure { throw failure }
                 return r!
             }
+            // A run from within a run (a helper running a program): a fresh context, and a limit,
+            // or a program calling such a helper could recurse until the host's stack overflows.
+            let own = u.takeUnretainedValue()
+            guard own.state.pointee.nested < Self.maxNestedRuns else {
+                throw .runtime(index: 0, reason: "runs nested deeper than \(Self.maxNestedRuns) (a helper running programs from within a run)")
+            }
+            own.state.pointee.nested += 1
+            defer { own.state.pointee.nested -= 1 }
+            return try body(RunContext())
         }
         return try body(acquire())
     }
+
+    /// How deep runs may nest on one thread (helpers that run programs from within a run).
+    static let maxNestedRuns = 8
 
     /// Nested runs in progress on this thread (the innermost is the current one).
     private static let currentKey: pthread_key_t = {

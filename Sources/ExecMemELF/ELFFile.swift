@@ -185,16 +185,30 @@ public struct ELFFile: Sendable {
             }
             let strtab = sections[Int(symtab.link)]
             guard symtab.size % 24 == 0 else { throw .malformed(file: name, what: ".symtab size \(symtab.size) is not a multiple of 24") }
+            // Names may overlap in the string table: each offset is decoded once, and what all names
+            // take together is bounded by the file's size (symbols x name length could be quadratic).
+            var names: [Int: String] = [:]
+            var nameBytes = 0
+            let nameLimit = Self.nameBytesPerFileByte * bytes.count + (1 << 20)
             for i in 0..<(symtab.size / 24) {
                 let s = symtab.offset + i * 24
                 let nameOffset = Int(try r.le(s, as: UInt32.self))
-                let symName = nameOffset == 0 ? "" : try {
-                    () throws(ELFError) -> String in
-                    guard nameOffset < strtab.size else {
-                        throw ELFError.malformed(file: name, what: "symbol \(i) name offset \(nameOffset) is outside its string table")
+                var symName = ""
+                if nameOffset != 0 {
+                    if let known = names[nameOffset] {
+                        symName = known
+                    } else {
+                        guard nameOffset < strtab.size else {
+                            throw ELFError.malformed(file: name, what: "symbol \(i) name offset \(nameOffset) is outside its string table")
+                        }
+                        symName = try r.cString(strtab.offset + nameOffset, limit: strtab.offset + strtab.size)
+                        nameBytes += symName.utf8.count
+                        guard nameBytes <= nameLimit else {
+                            throw ELFError.malformed(file: name, what: "symbol names take more than \(nameLimit) bytes in all (ELFFile.nameBytesPerFileByte = \(Self.nameBytesPerFileByte) per byte of the file)")
+                        }
+                        names[nameOffset] = symName
                     }
-                    return try r.cString(strtab.offset + nameOffset, limit: strtab.offset + strtab.size)
-                }()
+                }
                 let shndx: UInt16 = try r.le(s + 6)
                 if shndx != ELF.SHN_UNDEF && shndx < ELF.SHN_LORESERVE && Int(shndx) >= sections.count {
                     throw .badIndex(file: name, what: "section of symbol '\(symName)'", index: Int(shndx), count: sections.count)
@@ -208,6 +222,10 @@ public struct ELFFile: Sendable {
         for s in sections where s.type == ELF.SHT_REL || s.type == ELF.SHT_RELA { relocationSections[Int(s.info), default: []].append(s.index) }
         self.relocationSections = relocationSections
     }
+
+    /// Bytes of distinct symbol names a file may decode per byte of its own size (plus 1 MiB): a
+    /// bound on the memory names take, however the string table is shared.
+    public static let nameBytesPerFileByte = 16
 
     /// The bytes of a section (empty for NOBITS).
     public func contents(_ section: ELFSection) -> ArraySlice<UInt8> {

@@ -156,9 +156,12 @@ struct Compiler {
         entryStub()
         var i = 0
         var deadRun = false
+        // Whether the code emitted last continues into what comes next (the budget pad of a loop
+        // header must be jumped over then: only back edges pay it).
+        var continues = false
         while i < code.count {
             if let pad = pads[i], options.budget {
-                if i > 0 && fallsThrough(into: i) { e.jmp(labels[i]) }
+                if continues { e.jmp(labels[i]) }
                 e.bind(pad)
                 e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: program.verified.loopHeaders[i]!), wide: true)
                 e.jcc(.below, coldLabel(.fault(.budget, index: i, restore: .none)))
@@ -169,6 +172,7 @@ struct Compiler {
                 // Dead code: one trap for each run of it (no live jump lands inside one).
                 if !deadRun { e.jmp(coldLabel(.fault(.unreachable, index: i, restore: .none))) }
                 deadRun = true
+                continues = false
                 i += 1
                 continue
             }
@@ -182,8 +186,13 @@ struct Compiler {
                 inverted.target = code[i + 1].target
                 jump(inverted, at: i + 1, condition: inverse, wide: wide, register: register, dst: Self.reg(d.dst), src: Self.reg(d.src))
                 e.bind(labels[i + 1])
+                continues = true
                 i += 2
                 continue
+            }
+            switch d.operation {
+            case .exit, .jump(nil, _, _): continues = false
+            default: continues = true
             }
             translate(d, at: i)
             if d.operation == .lddw { e.bind(labels[i + 1]); i += 2 } else { i += 1 }
@@ -191,16 +200,6 @@ struct Compiler {
         e.bind(labels[code.count])
         outOfLine()
         return e
-    }
-
-    /// Whether the instruction before `t` can continue into it.
-    func fallsThrough(into t: Int) -> Bool {
-        var p = t - 1
-        if p > 0 && code[p - 1].operation == .lddw { p -= 1 }
-        switch code[p].operation {
-        case .exit, .jump(nil, _, _), .unreachable: return false
-        default: return true
-        }
     }
 
     mutating func coldLabel(_ kind: Cold) -> Int {
