@@ -27,11 +27,14 @@ public final class LoadedModule: @unchecked Sendable {
     private let loader: ModuleLoader
     private let exportID: Int
     private var unloaded = false
+    /// False for modules laid out and relocated only (fuzzing): no constructor or destructor runs.
+    private let runsCode: Bool
 
     typealias InitFunction = @convention(c) (Int32, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Void
     typealias FiniFunction = @convention(c) () -> Void
 
-    init(link: Link, name: String, loader: ModuleLoader, allocator: ExecMemAllocator) throws(LoaderError) {
+    init(link: Link, name: String, loader: ModuleLoader, allocator: ExecMemAllocator, runsCode: Bool = true) throws(LoaderError) {
+        self.runsCode = runsCode
         self.name = name
         self.loader = loader
         self.allocator = allocator
@@ -137,8 +140,8 @@ public final class LoadedModule: @unchecked Sendable {
             let entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
             if p.section.hasPrefix(".fini_array") { fini += entries } else { initFunctions += entries }
         }
-        finiFunctions = fini
-        for f in initFunctions where f != 0 && f != UInt.max {
+        finiFunctions = runsCode ? fini : []
+        for f in initFunctions where runsCode && f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
         }
         // Init done: seal ro-after-init, free init memory (its holes go back to the allocator).

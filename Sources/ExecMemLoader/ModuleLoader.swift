@@ -64,6 +64,18 @@ public final class ModuleLoader: @unchecked Sendable {
         return try LoadedModule(link: link, name: name, loader: self, allocator: allocator)
     }
 
+    /// Reads, links, lays out and relocates `inputs` like `load`, but runs none of their code (no
+    /// constructors, no destructors) and unloads at once: for fuzzing the loader with any bytes.
+    @_spi(Fuzzing) public func linkWithoutRunning(_ inputs: [LoaderInput], name: String) throws(LoaderError) {
+        var link = try Link(inputs)
+        let exports = state.withLock { s in s.exports.mapValues(\.1).merging(s.provided) { module, _ in module } }
+        try link.resolveExternals(exports: exports, object: name)
+        let (needsLow, hostData) = try link.plan()
+        let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)
+        let module = try LoadedModule(link: link, name: name, loader: self, allocator: allocator, runsCode: false)
+        module.unload()
+    }
+
     private func chooseAllocator(needsLow: String?, hostData: [(name: String, address: UInt)]) throws(LoaderError) -> ExecMemAllocator {
         if let first = hostData.first {
             if let reason = needsLow {
