@@ -2,6 +2,7 @@
 // archive's symbol table (GNU `/` or BSD `__.SYMDEF`), so the loader pulls in only what resolves an
 // undefined symbol, as a linker does. Long names come from the GNU `//` table or BSD `#1/len`.
 
+/// One member of an archive: its name, where its header is, its bytes.
 public struct ArchiveMember: Sendable {
     public let name: String
     /// Offset of the member's header in the archive (what symbol tables point at).
@@ -9,6 +10,8 @@ public struct ArchiveMember: Sendable {
     public let bytes: [UInt8]
 }
 
+/// An `ar` archive read and checked: its members and which member defines each symbol.
+/// A value type, immutable and `Sendable`.
 public struct Archive: Sendable {
     public let name: String
     public let members: [ArchiveMember]
@@ -39,8 +42,10 @@ public struct Archive: Sendable {
             var dataStart = at + 60
             guard size <= bytes.count - dataStart else { throw .archive(file: name, what: "member at \(at) claims \(size) bytes past the end") }
             var dataSize = size
-            if memberName.hasPrefix("#1/"), let n = Int(memberName.dropFirst(3)) {  // BSD long name
-                guard n <= size else { throw .archive(file: name, what: "BSD name length \(n) exceeds member size at \(at)") }
+            if memberName.hasPrefix("#1/") {  // BSD long name
+                guard let n = Int(memberName.dropFirst(3)), n >= 0, n <= size else {
+                    throw .archive(file: name, what: "BSD name length '\(memberName.dropFirst(3))' at \(at) is not a length within the member's \(size) bytes")
+                }
                 memberName = String(decoding: bytes[dataStart..<(dataStart + n)], as: UTF8.self).trimmingTrailingNULs()
                 dataStart += n
                 dataSize -= n
@@ -53,8 +58,10 @@ public struct Archive: Sendable {
             } else if memberName.hasPrefix("__.SYMDEF") {
                 bsdSymbols = try Archive.bsdSymbolTable(data, file: name)
             } else {
-                if memberName.hasPrefix("/"), let offset = Int(memberName.dropFirst()) {  // GNU long name
-                    guard offset < longNames.count else { throw .archive(file: name, what: "long name offset \(offset) outside the // table") }
+                if memberName.hasPrefix("/"), memberName.count > 1 {  // GNU long name
+                    guard let offset = Int(memberName.dropFirst()), offset >= 0, offset < longNames.count else {
+                        throw .archive(file: name, what: "long name offset '\(memberName.dropFirst())' at \(at) is outside the // table (\(longNames.count) bytes)")
+                    }
                     let end = longNames[offset...].firstIndex(of: 0x0A) ?? longNames.count
                     memberName = String(decoding: longNames[offset..<end], as: UTF8.self)
                 }
@@ -95,9 +102,9 @@ public struct Archive: Sendable {
     /// BSD: a little-endian byte count of (name offset, member offset) pairs, the pairs, a string
     /// table size, the strings.
     static func bsdSymbolTable(_ d: [UInt8], file: String) throws(ELFError) -> [(String, Int)] {
-        let r = ByteReader(bytes: d, file: file)
+        let r = ELFReader(d, file: file)
         let ranlibBytes = Int(try r.le(0, as: UInt32.self))
-        guard ranlibBytes % 8 == 0, ranlibBytes <= d.count - 8 else { throw .archive(file: file, what: "bad __.SYMDEF size") }
+        guard ranlibBytes % 8 == 0, d.count >= 8, ranlibBytes <= d.count - 8 else { throw .archive(file: file, what: "bad __.SYMDEF size \(ranlibBytes)") }
         let stringsAt = 4 + ranlibBytes + 4
         let stringsSize = Int(try r.le(4 + ranlibBytes, as: UInt32.self))
         guard stringsSize <= d.count - stringsAt else { throw .archive(file: file, what: "bad __.SYMDEF string table size") }

@@ -4,38 +4,6 @@
 // file first; a malformed file is an `ELFError` that names the file, the section and the offset, never
 // a crash.
 
-/// Little-endian reads with bounds checks.
-struct ByteReader {
-    let bytes: [UInt8]
-    let file: String
-
-    func u8(_ at: Int) throws(ELFError) -> UInt8 {
-        guard at >= 0, at < bytes.count else { throw .truncated(file: file, what: "byte", offset: at, size: bytes.count) }
-        return bytes[at]
-    }
-
-    func le<T: FixedWidthInteger>(_ at: Int, as: T.Type = T.self) throws(ELFError) -> T {
-        let n = MemoryLayout<T>.size
-        guard at >= 0, n <= bytes.count, at <= bytes.count - n else {
-            throw .truncated(file: file, what: "\(n)-byte field", offset: at, size: bytes.count)
-        }
-        var v: T = 0
-        for i in 0..<n { v |= T(truncatingIfNeeded: bytes[at + i]) << (8 * i) }
-        return v
-    }
-
-    /// The NUL-terminated string at `at`, bounded by `limit`.
-    func cString(_ at: Int, limit: Int) throws(ELFError) -> String {
-        guard at >= 0, at < limit, limit <= bytes.count else {
-            throw .truncated(file: file, what: "string", offset: at, size: limit)
-        }
-        var end = at
-        while end < limit && bytes[end] != 0 { end += 1 }
-        guard end < limit else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
-        return String(decoding: bytes[at..<end], as: UTF8.self)
-    }
-}
-
 public enum ELFError: Error, CustomStringConvertible, Sendable, Equatable {
     case truncated(file: String, what: String, offset: Int, size: Int)
     case notELF(file: String)
@@ -122,7 +90,7 @@ public struct ELFFile: Sendable {
     public init(bytes: [UInt8], name: String, machine expected: UInt16? = nil) throws(ELFError) {
         self.name = name
         self.bytes = bytes
-        let r = ByteReader(bytes: bytes, file: name)
+        let r = ELFReader(bytes, file: name)
         guard bytes.count >= 64 else {
             if !Array(bytes.prefix(4)).elementsEqual([0x7F, 0x45, 0x4C, 0x46].prefix(bytes.count)) || bytes.isEmpty { throw .notELF(file: name) }
             throw .truncated(file: name, what: "ELF header", offset: 0, size: bytes.count)
@@ -135,32 +103,43 @@ public struct ELFFile: Sendable {
         machine = try r.le(18)
         if let expected, machine != expected { throw .wrongMachine(file: name, machine: machine, expected: expected) }
         flags = try r.le(48)
-        let shoff = Int(try r.le(40, as: UInt64.self) & 0x7FFF_FFFF_FFFF_FFFF)
-        let shentsize = Int(try r.le(58, as: UInt16.self))
-        var shnum = Int(try r.le(60, as: UInt16.self))
-        var shstrndx = Int(try r.le(62, as: UInt16.self))
-        if shnum == 0 && shoff != 0 { shnum = Int(try r.le(shoff + 32, as: UInt64.self)) }  // extended numbering
-        if shstrndx == Int(ELF.SHN_XINDEX) && shoff != 0 { shstrndx = Int(try r.le(shoff + 40, as: UInt32.self)) }
+        let shoff = try r.int(try r.le(40, as: UInt64.self, "e_shoff"), "e_shoff")
+        let shentsize = Int(try r.le(58, as: UInt16.self, "e_shentsize"))
+        var shnum = Int(try r.le(60, as: UInt16.self, "e_shnum"))
+        var shstrndx = Int(try r.le(62, as: UInt16.self, "e_shstrndx"))
+        if shnum == 0 && shoff != 0 { shnum = try r.int(try r.le(shoff + 32, as: UInt64.self, "section 0 sh_size (the section count)"), "section count") }
+        if shstrndx == Int(ELF.SHN_XINDEX) && shoff != 0 { shstrndx = Int(try r.le(shoff + 40, as: UInt32.self, "section 0 sh_link (the name table index)")) }
         guard shnum == 0 || shentsize == 64 else { throw .malformed(file: name, what: "section header size \(shentsize), expected 64") }
-        guard shnum < 1 << 20, shoff >= 0, shoff <= bytes.count, shnum * 64 <= bytes.count - shoff else {
-            throw .truncated(file: name, what: "\(shnum) section headers", offset: shoff, size: bytes.count)
+        guard shnum <= Self.maxSections else {
+            throw .malformed(file: name, what: "\(shnum) sections exceed the \(Self.maxSections) a file may have (ELFFile.maxSections)")
         }
+        _ = try r.range(shoff, shnum * 64, "\(shnum) section headers")
         struct Raw { var nameOffset: Int; var type: UInt32; var flags: UInt64; var addr: UInt64; var offset: Int; var size: Int
                      var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64 }
         var raws: [Raw] = []
+        raws.reserveCapacity(shnum)
         for i in 0..<shnum {
             let h = shoff + i * 64
-            let raw = Raw(nameOffset: Int(try r.le(h, as: UInt32.self)), type: try r.le(h + 4), flags: try r.le(h + 8),
-                          addr: try r.le(h + 16), offset: Int(try r.le(h + 24, as: UInt64.self) & 0x7FFF_FFFF_FFFF_FFFF),
-                          size: Int(try r.le(h + 32, as: UInt64.self) & 0x7FFF_FFFF_FFFF_FFFF),
+            let type: UInt32 = try r.le(h + 4)
+            let offset64: UInt64 = try r.le(h + 24), size64: UInt64 = try r.le(h + 32)
+            // A NOBITS section's offset and size describe no file bytes: only its size is used, and
+            // it must still be a number an Int holds.
+            let size = try r.int(size64, "section \(i) sh_size")
+            let offset = type == ELF.SHT_NOBITS ? Int(clamping: offset64) : try r.int(offset64, "section \(i) sh_offset")
+            let raw = Raw(nameOffset: Int(try r.le(h, as: UInt32.self)), type: type, flags: try r.le(h + 8),
+                          addr: try r.le(h + 16), offset: offset, size: size,
                           link: try r.le(h + 40), info: try r.le(h + 44), align: try r.le(h + 48), entsize: try r.le(h + 56))
-            if raw.type != ELF.SHT_NOBITS && raw.type != ELF.SHT_NULL && (raw.offset > bytes.count || raw.size > bytes.count - raw.offset) {
-                throw .truncated(file: name, what: "section \(i) contents (\(raw.size) bytes)", offset: raw.offset, size: bytes.count)
+            if raw.type != ELF.SHT_NOBITS {
+                _ = try r.range(raw.offset, raw.size, "section \(i) contents")
             }
             raws.append(raw)
         }
         guard shnum == 0 || shstrndx < shnum else { throw .badIndex(file: name, what: "section name table", index: shstrndx, count: shnum) }
+        if shnum > 0 && raws[shstrndx].type == ELF.SHT_NOBITS {
+            throw .malformed(file: name, what: "the section name table (section \(shstrndx)) has no bytes in the file")
+        }
         var sections: [ELFSection] = []
+        sections.reserveCapacity(shnum)
         for (i, raw) in raws.enumerated() {
             var sectionName = ""
             if shnum > 0 {
@@ -184,6 +163,7 @@ public struct ELFFile: Sendable {
                 throw .badIndex(file: name, what: "string table of .symtab", index: Int(symtab.link), count: sections.count)
             }
             let strtab = sections[Int(symtab.link)]
+            guard strtab.hasFileBytes else { throw .malformed(file: name, what: "the string table of .symtab (section \(strtab.index)) has no bytes in the file") }
             guard symtab.size % 24 == 0 else { throw .malformed(file: name, what: ".symtab size \(symtab.size) is not a multiple of 24") }
             // Names may overlap in the string table: each offset is decoded once, and what all names
             // take together is bounded by the file's size (symbols x name length could be quadratic).
@@ -223,6 +203,9 @@ public struct ELFFile: Sendable {
         self.relocationSections = relocationSections
     }
 
+    /// The most sections a file may have (headers are 64 bytes each, so the file bounds it too).
+    public static let maxSections = 1 << 20
+
     /// Bytes of distinct symbol names a file may decode per byte of its own size (plus 1 MiB): a
     /// bound on the memory names take, however the string table is shared.
     public static let nameBytesPerFileByte = 16
@@ -237,7 +220,7 @@ public struct ELFFile: Sendable {
     /// Relocation sections that apply to `section` (their `info` names it), with their entries.
     public func relocations(for section: ELFSection) throws(ELFError) -> [ELFRelocation] {
         var out: [ELFRelocation] = []
-        let r = ByteReader(bytes: bytes, file: name)
+        let r = ELFReader(bytes, file: name)
         for rel in (relocationSections[section.index] ?? []).map({ sections[$0] }) {
             let entry = rel.type == ELF.SHT_RELA ? 24 : 16
             guard rel.size % entry == 0 else { throw .malformed(file: name, what: "\(rel.name) size \(rel.size) is not a multiple of \(entry)") }

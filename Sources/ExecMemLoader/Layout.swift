@@ -64,35 +64,56 @@ struct Layout {
 
     static func align(_ v: Int, _ a: Int) -> Int { (v + a - 1) / a * a }
 
+    /// The most bytes a module's memory (all types together) or its TLS image may take: sizes come
+    /// from the files, and a `.bss` of 2^60 bytes must be an error, not an allocation.
+    static let maxImageBytes = 1 << 30
+
+    /// `at + bytes` for a section of `object`, within the image limit.
+    static func end(_ at: Int, _ bytes: Int, _ what: @autoclosure () -> String, object: String) throws(LoaderError) -> Int {
+        let (e, overflow) = at.addingReportingOverflow(bytes)
+        guard bytes >= 0, !overflow, e <= maxImageBytes else {
+            throw .badInput(object: object, reason: "\(what()) of \(bytes) bytes takes the module past \(maxImageBytes >> 20) MiB (the most a module may take)")
+        }
+        return e
+    }
+
+    /// A power-of-two alignment up to 2 MiB from a file's field.
+    static func alignment(_ value: UInt64, _ what: @autoclosure () -> String, object: String) throws(LoaderError) -> Int {
+        guard value <= UInt64(ExecMemGeometry.blockSize), value & (value &- 1) == 0 || value == 0 else {
+            throw .badInput(object: object, reason: "\(what()) has alignment \(value) (a power of two up to 2 MiB is supported)")
+        }
+        return max(1, Int(value))
+    }
+
     init(_ objects: [InputObject], commons: [(object: Int, symbol: Int)]) throws(LoaderError) {
         for (o, obj) in objects.enumerated() {
             for s in obj.elf.sections where !obj.excluded.contains(s.index) {
-                let a = max(1, Int(s.alignment))
-                guard a <= ExecMemGeometry.blockSize, a & (a - 1) == 0 else {
-                    throw .badInput(object: obj.name, reason: "section \(s.name) has alignment \(s.alignment) (a power of two up to 2 MiB is supported)")
-                }
+                let a = try Self.alignment(s.alignment, "section \(s.name)", object: obj.name)
                 if s.isAllocated && s.flags & ELF.SHF_TLS != 0 {
                     tlsSize = Layout.align(tlsSize, a)
                     tls[SectionKey(object: o, section: s.index)] = tlsSize
-                    tlsSize += s.size
+                    tlsSize = try Self.end(tlsSize, s.size, "TLS section \(s.name)", object: obj.name)
                     tlsAlignment = max(tlsAlignment, a)
                     continue
                 }
                 guard let b = Bucket.of(s) else { continue }
                 let at = Layout.align(size[b.rawValue], a)
                 place[SectionKey(object: o, section: s.index)] = (b, at)
-                size[b.rawValue] = at + s.size
+                size[b.rawValue] = try Self.end(at, s.size, "section \(s.name)", object: obj.name)
                 alignment[b.rawValue] = max(alignment[b.rawValue], a)
             }
         }
         // COMMON symbols: st_value is the alignment.
         for c in commons {
-            let sym = objects[c.object].elf.symbols[c.symbol]
-            let a = max(1, Int(min(sym.value, UInt64(ExecMemGeometry.blockSize))))
+            let obj = objects[c.object], sym = obj.elf.symbols[c.symbol]
+            let a = try Self.alignment(sym.value, "COMMON symbol \(sym.name)", object: obj.name)
             let at = Layout.align(size[Bucket.data.rawValue], a)
             common[SymbolKey(object: c.object, symbol: c.symbol)] = at
-            size[Bucket.data.rawValue] = at + Int(sym.size)
+            size[Bucket.data.rawValue] = try Self.end(at, Int(clamping: sym.size), "COMMON symbol \(sym.name)", object: obj.name)
             alignment[Bucket.data.rawValue] = max(alignment[Bucket.data.rawValue], a)
+        }
+        guard size.reduce(0, +) <= Self.maxImageBytes else {
+            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(size.reduce(0, +)) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take)")
         }
     }
 

@@ -114,8 +114,9 @@ public final class LoadedModule: @unchecked Sendable {
         var functionList: [(String, UInt, Int)] = []
         for (o, obj) in link.objects.enumerated() {
             for s in obj.elf.symbols where s.type == ELF.STT_FUNC && !s.isUndefined && s.sectionIndex < ELF.SHN_LORESERVE {
-                guard let base = link.sectionAddress(o, Int(s.sectionIndex), addresses) else { continue }
-                functionList.append((s.name, base + UInt(s.value), Int(s.size)))
+                guard let base = link.sectionAddress(o, Int(s.sectionIndex), addresses), Int(s.sectionIndex) < obj.elf.sections.count,
+                      s.value <= UInt64(obj.elf.sections[Int(s.sectionIndex)].size) else { continue }
+                functionList.append((s.name, base + UInt(s.value), Int(clamping: min(s.size, UInt64(obj.elf.sections[Int(s.sectionIndex)].size) - s.value))))
             }
         }
         functions = functionList.sorted { $0.1 < $1.1 }
@@ -140,6 +141,14 @@ public final class LoadedModule: @unchecked Sendable {
             let entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
             if p.section.hasPrefix(".fini_array") { fini += entries } else { initFunctions += entries }
         }
+        // Constructors and destructors are addresses in the module's text, or the file is wrong.
+        for f in initFunctions + fini where f != 0 && f != UInt.max {
+            guard let a = allocator.allocation(containing: f), allocated.values.contains(where: { $0.address == a.address }), a.type == .text else {
+                loader.unregister(exportID)
+                freeAll()
+                throw .badInput(object: name, reason: "a constructor or destructor at 0x\(String(f, radix: 16)) is not in the module's text")
+            }
+        }
         finiFunctions = runsCode ? fini : []
         for f in initFunctions where runsCode && f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
@@ -160,6 +169,9 @@ public final class LoadedModule: @unchecked Sendable {
     /// Calls `int symbol(int argc, char **argv)`; `arguments[0]` is the program name.
     public func callMain(_ symbol: String = "main", arguments: [String]) throws(LoaderError) -> Int32 {
         guard let f = symbols[symbol] else { throw .noEntry(symbol: symbol, module: name) }
+        guard let a = allocator.allocation(containing: f), allocations.values.contains(where: { $0.address == a.address }), a.type == .text else {
+            throw .badInput(object: name, reason: "'\(symbol)' at 0x\(String(f, radix: 16)) is not in the module's text")
+        }
         typealias Main = @convention(c) (Int32, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }

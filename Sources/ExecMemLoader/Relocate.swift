@@ -39,6 +39,10 @@ extension Link {
         if sym.isAbsolute { return UInt(sym.value) }
         if sym.isCommon { return a.base[Bucket.data.rawValue] + UInt(layout.common[Layout.SymbolKey(object: d, symbol: ds)]!) }
         let section = Int(sym.sectionIndex)
+        // A symbol lies within its section (its end included): a value from the file, checked.
+        guard section < objects[d].elf.sections.count, sym.value <= UInt64(objects[d].elf.sections[section].size) else {
+            throw .badInput(object: objects[d].name, reason: "symbol '\(sym.name)' has value \(sym.value), outside its section \(section)")
+        }
         if let t = layout.tls[Layout.SectionKey(object: d, section: section)] { return UInt(tlsBase + t) + UInt(sym.value) }
         guard let base = sectionAddress(d, section, a) else {
             throw .badInput(object: objects[d].name, reason: "symbol '\(sym.name)' is in section \(section), which is not loaded")

@@ -1,0 +1,66 @@
+// The one checked reader every parser of files goes through: the ELF reader, the archive reader, the
+// module loader and the eBPF ELF loader. Every field read from a file is untrusted, so each read is
+// bounds-checked, each conversion is exact (`Int(exactly:)`, never a mask or a clamp that would turn
+// a malformed value into a valid one), each `offset + size` is checked against its container with
+// overflow-checked arithmetic, and each error names the structure, the field and its value.
+
+/// Little-endian reads of a file's bytes, each checked.
+///
+/// A value type over the file's bytes (shared, not copied); `Sendable`, usable from any thread.
+public struct ELFReader: Sendable {
+    /// The whole file.
+    public let bytes: [UInt8]
+    /// The file's name, for errors.
+    public let file: String
+
+    /// A reader over `bytes`, named `file` in errors.
+    public init(_ bytes: [UInt8], file: String) {
+        self.bytes = bytes
+        self.file = file
+    }
+
+    /// The byte at `at`. - Throws: `ELFError.truncated` naming `field`.
+    public func u8(_ at: Int, _ field: @autoclosure () -> String = "byte") throws(ELFError) -> UInt8 {
+        guard at >= 0, at < bytes.count else { throw .truncated(file: file, what: field(), offset: at, size: bytes.count) }
+        return bytes[at]
+    }
+
+    /// The little-endian `T` at `at`. - Throws: `ELFError.truncated` naming `field`.
+    public func le<T: FixedWidthInteger>(_ at: Int, as: T.Type = T.self, _ field: @autoclosure () -> String = "field") throws(ELFError) -> T {
+        let n = MemoryLayout<T>.size
+        guard at >= 0, n <= bytes.count, at <= bytes.count - n else {
+            throw .truncated(file: file, what: "\(field()) (\(n) bytes)", offset: at, size: bytes.count)
+        }
+        var v: T = 0
+        for i in 0..<n { v |= T(truncatingIfNeeded: bytes[at + i]) << (8 * i) }
+        return v
+    }
+
+    /// `value` as an `Int`, exactly. - Throws: `ELFError.malformed` naming `field` and the value.
+    public func int<T: BinaryInteger>(_ value: T, _ field: @autoclosure () -> String) throws(ELFError) -> Int {
+        guard let v = Int(exactly: value) else { throw .malformed(file: file, what: "\(field()) \(value) is too large") }
+        return v
+    }
+
+    /// `[offset, offset + size)`, which must lie within `container` (the whole file by default).
+    /// - Throws: `ELFError.truncated` naming `what` when it does not, or the sum overflows.
+    public func range(_ offset: Int, _ size: Int, within container: Range<Int>? = nil, _ what: @autoclosure () -> String) throws(ELFError) -> Range<Int> {
+        let c = container ?? 0..<bytes.count
+        let (end, overflow) = offset.addingReportingOverflow(size)
+        guard offset >= 0, size >= 0, !overflow, offset >= c.lowerBound, end <= c.upperBound else {
+            throw .truncated(file: file, what: "\(what()) (\(size) bytes)", offset: offset, size: c.upperBound)
+        }
+        return offset..<end
+    }
+
+    /// The NUL-terminated string at `at`, which must end before `limit`.
+    public func cString(_ at: Int, limit: Int) throws(ELFError) -> String {
+        guard at >= 0, at < limit, limit <= bytes.count else {
+            throw .truncated(file: file, what: "string", offset: at, size: limit)
+        }
+        var end = at
+        while end < limit && bytes[end] != 0 { end += 1 }
+        guard end < limit else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
+        return String(decoding: bytes[at..<end], as: UTF8.self)
+    }
+}
