@@ -43,10 +43,10 @@ public enum BPFAssembler {
                 if labels["exit"] == nil { labels["exit"] = out.count }
             }
             var pendingLabel: String? = nil
-            func target(_ s: String) throws(BPFError) -> Int16 {
+            func target(_ s: String) throws(BPFError) -> Int32 {
                 if s.hasPrefix("+") || s.hasPrefix("-") {
-                    guard let v = parseNumber(s) else { throw fail("bad jump offset '\(s)'") }
-                    return Int16(truncatingIfNeeded: v)
+                    guard let v = parseNumber(s), let t = Int32(exactly: v) else { throw fail("bad jump offset '\(s)' (32 bits at most)") }
+                    return t
                 }
                 guard s.first.map({ $0.isLetter || $0 == "_" }) == true else { throw fail("bad jump target '\(s)'") }
                 pendingLabel = s
@@ -72,21 +72,32 @@ public enum BPFAssembler {
     }
 
     static func encode(_ m: String, _ ops: [String], fail: (String) -> BPFError,
-                       target: (String) throws(BPFError) -> Int16) throws(BPFError) -> [BPFInstruction] {
+                       target: (String) throws(BPFError) -> Int32) throws(BPFError) -> [BPFInstruction] {
+        /// A 16-bit jump offset: what does not fit is an error, never a truncated jump.
+        func target16(_ s: String) throws(BPFError) -> Int16 {
+            let t = try target(s)
+            guard let o = Int16(exactly: t) else { throw fail("jump offset \(t) does not fit 16 bits (use ja32)") }
+            return o
+        }
         func reg(_ s: String) throws(BPFError) -> UInt8 {
             guard s.hasPrefix("%r"), let r = UInt8(s.dropFirst(2)), r <= 15 else { throw fail("bad register '\(s)'") }
             return r
         }
         func imm32(_ s: String) throws(BPFError) -> Int32 {
             guard let v = parseNumber(s) else { throw fail("bad immediate '\(s)'") }
-            return Int32(truncatingIfNeeded: v)
+            // 32 bits, signed or unsigned (0xffffffff is -1, as the suite writes it); no more.
+            guard let w = Int32(exactly: v) ?? UInt32(exactly: v).map({ Int32(bitPattern: $0) }) else {
+                throw fail("immediate \(s) does not fit 32 bits")
+            }
+            return w
         }
         func memory(_ s: String) throws(BPFError) -> (UInt8, Int16) {
             guard s.hasPrefix("["), s.hasSuffix("]") else { throw fail("bad memory operand '\(s)'") }
             let inner = s.dropFirst().dropLast()
             if let sign = inner.firstIndex(where: { $0 == "+" || $0 == "-" }) {
                 guard let o = parseNumber(String(inner[sign...])) else { throw fail("bad offset in '\(s)'") }
-                return (try reg(String(inner[..<sign]).trimmed), Int16(truncatingIfNeeded: o))
+                guard let o16 = Int16(exactly: o) else { throw fail("offset \(o) in '\(s)' does not fit 16 bits") }
+                return (try reg(String(inner[..<sign]).trimmed), o16)
             }
             return (try reg(String(inner).trimmed), 0)
         }
@@ -113,7 +124,7 @@ public enum BPFAssembler {
             return [BPFInstruction(opcode: BPF.JMP | BPF.EXIT)]
         case "ja":
             try count(1)
-            return [BPFInstruction(opcode: BPF.JMP | BPF.JA, offset: try target(ops[0]))]
+            return [BPFInstruction(opcode: BPF.JMP | BPF.JA, offset: try target16(ops[0]))]
         case "ja32":
             try count(1)
             let t = try target(ops[0])
@@ -206,7 +217,7 @@ public enum BPFAssembler {
         if let op = jumpOps[base] {
             try count(3)
             let cls = narrow ? BPF.JMP32 : BPF.JMP
-            let t = try target(ops[2])
+            let t = try target16(ops[2])
             if ops[1].hasPrefix("%") {
                 return [BPFInstruction(opcode: cls | op | BPF.X, dst: try reg(ops[0]), src: try reg(ops[1]), offset: t)]
             }

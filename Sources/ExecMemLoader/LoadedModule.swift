@@ -107,7 +107,7 @@ public final class LoadedModule: @unchecked Sendable {
         // Exports: every global definition.
         var exported: [String: UInt] = [:]
         for (n, d) in link.globals where !link.isTLS(d.object, d.symbol) {
-            if let v = try? link.symbolValue(d.object, d.symbol, addresses) { exported[n] = v }
+            do throws(LoaderError) { exported[n] = try link.symbolValue(d.object, d.symbol, addresses) } catch { freeAll(); throw error }
         }
         symbols = exported
         exportID = loader.register(exported)

@@ -31,10 +31,27 @@ public final class CallNode: @unchecked Sendable {
         return totalNanoseconds > inner ? totalNanoseconds - inner : 0
     }
 
+    /// Adds `other`'s counts and subtree into this one, without recursing on the host's stack (a
+    /// program may recurse 50,000 deep).
     func merge(_ other: CallNode) {
-        calls += other.calls
-        totalNanoseconds += other.totalNanoseconds
-        for (f, c) in other.children { child(f).merge(c) }
+        var work: [(CallNode, CallNode)] = [(self, other)]
+        while let (into, from) = work.popLast() {
+            into.calls += from.calls
+            into.totalNanoseconds &+= from.totalNanoseconds
+            for (f, c) in from.children { work.append((into.child(f), c)) }
+        }
+    }
+
+    /// Frees a deep tree without a deep chain of releases: a subtree nothing else holds is taken
+    /// apart here, node by node.
+    deinit {
+        var pending = Array(children.values)
+        children = [:]
+        while var n = pending.popLast() {
+            guard isKnownUniquelyReferenced(&n) else { continue }
+            pending.append(contentsOf: n.children.values)
+            n.children = [:]
+        }
     }
 }
 
@@ -132,14 +149,19 @@ public final class CallTracer: @unchecked Sendable {
             return "\(padded.dropLast(3)).\(padded.suffix(3)) \(unit)"
         }
         func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
-        func walk(_ n: CallNode, _ depth: Int) {
-            for c in n.children.values.sorted(by: { ($0.totalNanoseconds, $1.function) > ($1.totalNanoseconds, $0.function) }) {
-                let name = names[c.function] ?? hex(c.function)
-                lines.append("\(pad(String(c.calls), 10)) \(pad(time(c.totalNanoseconds), 10)) \(pad(time(c.selfNanoseconds), 10))  \(String(repeating: "  ", count: depth))\(name)")
-                walk(c, depth + 1)
-            }
+        // Depth first, callees by time, with an explicit stack; indentation stops growing at
+        // `maxIndent` levels (deeper ones say their depth), so a deep recursion stays linear.
+        let maxIndent = 64
+        func sorted(_ n: CallNode) -> [CallNode] {
+            n.children.values.sorted(by: { ($0.totalNanoseconds, $1.function) > ($1.totalNanoseconds, $0.function) })
         }
-        walk(tree(), 0)
+        var work: [(CallNode, Int)] = sorted(tree()).reversed().map { ($0, 0) }
+        while let (c, depth) = work.popLast() {
+            let name = names[c.function] ?? hex(c.function)
+            let indent = String(repeating: "  ", count: min(depth, maxIndent)) + (depth > maxIndent ? "[depth \(depth)] " : "")
+            lines.append("\(pad(String(c.calls), 10)) \(pad(time(c.totalNanoseconds), 10)) \(pad(time(c.selfNanoseconds), 10))  \(indent)\(name)")
+            work += sorted(c).reversed().map { ($0, depth + 1) }
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -55,6 +55,10 @@ extension BPFCommand {
         @Option(help: "Write the JIT's machine code to this file (for objdump -b binary -m i386:x86-64).") var dumpJit: String?
         @Option(help: "Run this many times (on a copy of the memory made once) and print the time per run.") var times: Int = 0
 
+        func validate() throws {
+            guard (0...1_000_000_000).contains(times) else { throw ValidationError("--times must be 0 to 1,000,000,000, not \(times)") }
+        }
+
         func run() throws {
             do {
                 let vm = BPFVM()
@@ -89,6 +93,10 @@ extension BPFCommand {
         @Option(help: "The function, for ELF objects.") var function: String?
         @Flag(help: "Print each instruction with the registers readable there and how its access is checked.") var listing = false
         @Option(help: "Verify this many times and print the time per verification.") var times: Int = 0
+
+        func validate() throws {
+            guard (0...10_000_000).contains(times) else { throw ValidationError("--times must be 0 to 10,000,000, not \(times)") }
+        }
 
         func run() throws {
             do {
@@ -227,6 +235,11 @@ extension BPFCommand {
         @Option(help: "Random instructions per program.") var length = 40
         @Flag(help: "Hostile and arbitrary programs (BPFHostileTester): loops, re-entry, recursion, out-of-bounds, maps.") var hostile = false
         @Option(help: "Instructions each run may execute (default: the programs' own, 1,000,000).") var budget: UInt64?
+
+        func validate() throws {
+            guard (0...1_000_000_000).contains(count) else { throw ValidationError("--count must be 0 to 1,000,000,000, not \(count)") }
+            guard (1...100_000).contains(length) else { throw ValidationError("--length must be 1 to 100,000, not \(length)") }
+        }
 
         func run() throws {
             if hostile {

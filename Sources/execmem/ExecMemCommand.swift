@@ -35,9 +35,12 @@ extension ExecMemCommand {
         @Flag(help: "Lay blocks out in fixed per-type sub-ranges instead of one typed pool.") var splitRange = false
         @Flag(help: "Print one JSON object instead of text.") var json = false
 
+        func validate() throws {
+            guard (1...1_000_000).contains(functions) else { throw ValidationError("--functions must be 1 to 1,000,000, not \(functions)") }
+            guard (0...1_000_000).contains(bpfPrograms) else { throw ValidationError("--bpf-programs must be 0 to 1,000,000, not \(bpfPrograms)") }
+        }
+
         func run() throws {
-            guard functions > 0 else { throw ValidationError("--functions must be positive") }
-            guard bpfPrograms >= 0 else { throw ValidationError("--bpf-programs must not be negative") }
             var config = ExecMemConfiguration()
             config.backing = backing
             config.writeView = writeView
@@ -68,11 +71,14 @@ extension ExecMemCommand {
         @Option(help: "Scale the timed loops (0.1 for a quick look).") var scale = 1.0
         @Flag(help: "Print JSON instead of text.") var json = false
 
+        func validate() throws {
+            guard scale.isFinite, scale > 0, scale <= 100 else { throw ValidationError("--scale must be a number above 0 and at most 100, not \(scale)") }
+        }
+
         func run() throws {
             #if DEBUG
             FileHandle.standardError.write(Data("execmem bench: this is a debug build; use swift run -c release execmem bench\n".utf8))
             #endif
-            guard scale > 0 else { throw ValidationError("--scale must be positive") }
             if let name, !ExecMemTools.Bench.names.contains(name) {
                 throw ValidationError("unknown benchmark '\(name)'; known: \(ExecMemTools.Bench.names.joined(separator: ", "))")
             }

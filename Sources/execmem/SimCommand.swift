@@ -9,8 +9,12 @@ extension FramePlacement: ExpressibleByArgument {}
 /// "1G", "256M", "8388608".
 func parseSize(_ s: String) -> Int? {
     let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-    if let u = s.last.flatMap({ units[Character($0.uppercased())] }) { return Int(s.dropLast()).map { $0 * u } }
-    return Int(s)
+    if let u = s.last.flatMap({ units[Character($0.uppercased())] }) {
+        guard let n = Int(s.dropLast()), n >= 0 else { return nil }
+        let (v, overflow) = n.multipliedReportingOverflow(by: u)
+        return overflow ? nil : v
+    }
+    return Int(s).flatMap { $0 >= 0 ? $0 : nil }
 }
 
 struct SimCommand: ParsableCommand {
@@ -28,6 +32,13 @@ struct SimCommand: ParsableCommand {
     @Option(help: "Write SVG pictures into this directory.") var svg: String?
     @Flag(help: "Print JSON instead of tables.") var json = false
     @Flag(help: "No progress bar on standard error.") var quiet = false
+
+    func validate() throws {
+        guard (0...100_000).contains(modules) else { throw ValidationError("--modules must be 0 to 100,000, not \(modules)") }
+        guard let range = parseSize(rangeSize), range >= 64 << 20, range <= 1 << 40 else {
+            throw ValidationError("--range-size must be 64M to 1024G, not '\(rangeSize)'")
+        }
+    }
 
     func run() throws {
         guard let range = parseSize(rangeSize) else { throw ValidationError("bad --range-size '\(rangeSize)'") }

@@ -45,6 +45,23 @@ import Testing
         expectVerifier(vm, try BPFAssembler.assemble("call local +7\nexit"), index: 0, "local call target")
     }
 
+    @Test func theAssemblerRefusesWhatDoesNotFit() throws {
+        let cases: [(String, String)] = [
+            ("ja +65537\nexit", "does not fit 16 bits"), ("jeq %r0, 0, -40000\nexit", "does not fit 16 bits"),
+            ("ldxb %r0, [%r1+65536]\nexit", "does not fit 16 bits"), ("stb [%r1-32769], 1\nexit", "does not fit 16 bits"),
+            ("mov %r0, 0x100000000\nexit", "does not fit 32 bits"), ("ja32 +4294967296\nexit", "32 bits at most"),
+        ]
+        for (source, reason) in cases {
+            #expect { try BPFAssembler.assemble(source) } throws: { e in
+                guard case let .assembler(line, _, why)? = e as? BPFError else { return false }
+                return line == 1 && why.contains(reason)
+            }
+        }
+        // What fits is kept exactly: 0xffffffff is -1 (as the suite writes it), ja32 takes 32 bits.
+        #expect(try BPFAssembler.assemble("mov %r0, 0xffffffff\nexit")[0].imm == -1)
+        #expect(try BPFAssembler.assemble("ja32 +65537\nexit")[0].imm == 65537)
+    }
+
     @Test func assemblerErrorsNameTheLine() {
         #expect(throws: BPFError.assembler(line: 2, text: "frobnicate %r0", reason: "unknown mnemonic 'frobnicate'")) {
             try BPFAssembler.assemble("mov %r0, 1\nfrobnicate %r0\nexit")

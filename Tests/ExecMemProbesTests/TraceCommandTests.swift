@@ -50,3 +50,21 @@ struct TraceCommandTests {
         #expect(none.status != 0 && none.errors.contains("no function matches"))
     }
 }
+
+@Suite(.enabled(if: !compilers.isEmpty && FileManager.default.isExecutableFile(atPath: execmemBinary), "needs a C compiler and the execmem binary"))
+struct DeepTraceTests {
+    /// A program recursing 50,000 deep: the call tree is merged, printed and freed without
+    /// recursing on the host's stack (this overflowed it before), and the report stays linear.
+    @Test func aFiftyThousandDeepRecursionIsTracedAndReported() throws {
+        let dir = try scratch("execmem-deep")
+        try "__attribute__((noinline)) int rec(int n) { return n == 0 ? 0 : 1 + rec(n - 1); }\nint main(void) { return rec(50000) == 50000 ? 0 : 1; }\n"
+            .write(toFile: "\(dir)/deep.c", atomically: true, encoding: .utf8)
+        let object = try compile(compilers[0], "\(dir)/deep.c", in: dir, flags: ["-O0", "-fpatchable-function-entry=5"])
+        let r = try run(execmemBinary, ["trace", object], check: false)
+        #expect(r.status == 0, "\(r.errors.suffix(300))")
+        let rows = r.errors.split(separator: "\n").filter { $0.hasSuffix(" rec") }
+        #expect(rows.count == 50_001, "every level of the recursion is a row")
+        #expect(r.errors.contains("[depth 50000] rec"), "deep rows say their depth instead of indenting further")
+        #expect(r.errors.utf8.count < 10 << 20, "the report is linear in the depth")
+    }
+}
