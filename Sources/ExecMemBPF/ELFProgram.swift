@@ -71,7 +71,11 @@ extension BPFVM {
                         throw .link(section: "maps", offset: 0, reason: "map '\(sym.name)' at \(sym.value) is not a whole struct bpf_map_def inside the \(s.size)-byte section")
                     }
                     let at = s.offset + Int(sym.value)
-                    let words = (0..<4).map { k in f.bytes[(at + 4 * k)..<(at + 4 * k + 4)].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) } }
+                    let reader = ELFReader(f.bytes, file: name)
+                    var words: [UInt32] = []
+                    for (k, field) in ["type", "key_size", "value_size", "max_entries"].enumerated() {
+                        do throws(ELFError) { words.append(try reader.le(at + 4 * k, as: UInt32.self, "bpf_map_def.\(field) of map '\(sym.name)'")) } catch { throw .elf(error) }
+                    }
                     guard let type = BPFMapType(rawValue: words[0]) else {
                         throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' has type \(words[0]); only hash (1) and array (2) are supported")
                     }

@@ -75,12 +75,16 @@ struct Link {
         for o in objects.indices {
             let elf = objects[o].elf
             for g in elf.sections where g.type == ELF.SHT_GROUP {
-                let words = stride(from: g.offset, to: g.offset + g.size, by: 4).map { at in
-                    elf.bytes[at..<min(at + 4, elf.bytes.count)].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) }
+                // GRP flags, then section indexes: whole 32-bit words of the section, read checked.
+                guard g.size % 4 == 0, g.size >= 4, Int(g.info) < elf.symbols.count else {
+                    throw .badInput(object: objects[o].name, reason: "malformed section group \(g.name): \(g.size) bytes, signature symbol \(g.info)")
                 }
-                guard let flags = words.first, Int(g.info) < elf.symbols.count else {
-                    throw .badInput(object: objects[o].name, reason: "malformed section group \(g.name)")
+                let r = ELFReader(elf.bytes, file: objects[o].name)
+                var words: [UInt32] = []
+                for at in stride(from: g.offset, to: g.offset + g.size, by: 4) {
+                    do throws(ELFError) { words.append(try r.le(at, as: UInt32.self, "word of section group \(g.name)")) } catch { throw .elf(error) }
                 }
+                let flags = words[0]
                 let signature = elf.symbols[Int(g.info)].name
                 if flags & 1 == 1 && !seen.insert(signature).inserted {
                     for m in words.dropFirst() { objects[o].excluded.insert(Int(m)) }
