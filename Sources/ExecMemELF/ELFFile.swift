@@ -122,10 +122,10 @@ public struct ELFFile: Sendable {
             let h = shoff + i * 64
             let type: UInt32 = try r.le(h + 4)
             let offset64: UInt64 = try r.le(h + 24), size64: UInt64 = try r.le(h + 32)
-            // A NOBITS section's offset and size describe no file bytes: only its size is used, and
-            // it must still be a number an Int holds.
+            // Both must be numbers an Int holds (a NOBITS section's describe no file bytes, but they
+            // are never clamped into range either).
             let size = try r.int(size64, "section \(i) sh_size")
-            let offset = type == ELF.SHT_NOBITS ? Int(clamping: offset64) : try r.int(offset64, "section \(i) sh_offset")
+            let offset = try r.int(offset64, "section \(i) sh_offset")
             let raw = Raw(nameOffset: Int(try r.le(h, as: UInt32.self)), type: type, flags: try r.le(h + 8),
                           addr: try r.le(h + 16), offset: offset, size: size,
                           link: try r.le(h + 40), info: try r.le(h + 44), align: try r.le(h + 48), entsize: try r.le(h + 56))
