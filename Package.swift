@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "ExecMem", targets: ["ExecMem"]),
         .library(name: "ExecMemBPF", targets: ["ExecMemBPF"]),
         .library(name: "ExecMemSim", targets: ["ExecMemSim"]),
+        .library(name: "ExecMemELF", targets: ["ExecMemELF"]),
         .library(name: "ExecMemLoader", targets: ["ExecMemLoader"]),
         .library(name: "ExecMemProbes", targets: ["ExecMemProbes"]),
         .executable(name: "execmem", targets: ["execmem"]),
@@ -62,7 +63,7 @@ let package = Package(
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
-        .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
+        .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemTestSupport", "ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(
             name: "ExecMemLoaderTests", dependencies: ["ExecMemTestSupport", "ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "execmem"],
             exclude: ["Fixtures"]

@@ -217,7 +217,9 @@ public struct ELFFile: Sendable {
 
     public func section(named n: String) -> ELFSection? { sections.first { $0.name == n } }
 
-    /// Relocation sections that apply to `section` (their `info` names it), with their entries.
+    /// The entries of the relocation sections that apply to `section` (their `info` names it), in
+    /// offset order, each checked: its symbol exists and its offset lies within `section`. Parsed on
+    /// each call (linear in the entries); a client that needs them twice keeps the result.
     public func relocations(for section: ELFSection) throws(ELFError) -> [ELFRelocation] {
         var out: [ELFRelocation] = []
         let r = ELFReader(bytes, file: name)
@@ -228,7 +230,7 @@ public struct ELFFile: Sendable {
                 let e = rel.offset + i * entry
                 let info: UInt64 = try r.le(e + 8)
                 let symbol = Int(info >> 32)
-                guard symbol < max(symbols.count, 1) else {
+                guard symbol < symbols.count else {  // a file without .symtab has no symbol 0 to name
                     throw .badIndex(file: name, what: "symbol of relocation \(i) in \(rel.name)", index: symbol, count: symbols.count)
                 }
                 let offset: UInt64 = try r.le(e)
@@ -239,7 +241,9 @@ public struct ELFFile: Sendable {
                                          addend: rel.type == ELF.SHT_RELA ? try r.le(e + 16) : nil))
             }
         }
-        return out.sorted { $0.offset < $1.offset }
+        // Assemblers write them in order: sort only when they are not.
+        if zip(out, out.dropFirst()).contains(where: { $0.offset > $1.offset }) { out.sort { $0.offset < $1.offset } }
+        return out
     }
 }
 

@@ -10,6 +10,8 @@ struct InputObject {
     let elf: ELFFile
     /// Sections left out: later copies of a COMDAT group already loaded.
     var excluded: Set<Int> = []
+    /// Section index -> its relocations, read once by `Link.plan` for the placed sections.
+    var relocations: [Int: [ELFRelocation]] = [:]
 }
 
 public struct LoaderInput: Sendable {
@@ -78,5 +80,28 @@ enum Inputs {
             }
         }
         return (defined, undefined)
+    }
+}
+
+extension LoaderInput {
+    /// The marker that separates the loader inputs of one fuzz input: "\0FZNEXT\0".
+    @_spi(Fuzzing) public static let fuzzMarker: [UInt8] = [0, 0x46, 0x5A, 0x4E, 0x45, 0x58, 0x54, 0]
+
+    /// Splits one fuzz input into at most `limit` loader inputs at `fuzzMarker` (an input without it
+    /// is one object), named `fuzz0.o`, `fuzz1.o`...: the fuzz target and its regression tests share it.
+    @_spi(Fuzzing) public static func fuzzInputs(_ bytes: [UInt8], limit: Int = 4) -> [LoaderInput] {
+        var parts: [[UInt8]] = []
+        var start = 0, i = 0
+        while i + fuzzMarker.count <= bytes.count, parts.count < limit - 1 {
+            if bytes[i] == 0, bytes[i..<(i + fuzzMarker.count)].elementsEqual(fuzzMarker) {
+                parts.append(Array(bytes[start..<i]))
+                i += fuzzMarker.count
+                start = i
+            } else {
+                i += 1
+            }
+        }
+        parts.append(Array(bytes[start...]))
+        return parts.enumerated().map { LoaderInput(name: "fuzz\($0.offset).o", bytes: $0.element) }
     }
 }

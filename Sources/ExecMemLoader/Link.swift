@@ -146,6 +146,7 @@ struct Link {
             for section in obj.elf.sections where placed(o, section.index) {
                 let relocations: [ELFRelocation]
                 do { relocations = try obj.elf.relocations(for: section) } catch { throw .elf(error) }
+                if !relocations.isEmpty { objects[o].relocations[section.index] = relocations }
                 for r in relocations where r.type != 0 {
                     let sym = obj.elf.symbols[r.symbolIndex]
                     let id = identity(o, r.symbolIndex)

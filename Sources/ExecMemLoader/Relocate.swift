@@ -110,9 +110,7 @@ extension Link {
         for (o, obj) in objects.enumerated() {
             for section in obj.elf.sections {
                 guard let (bucket, sectionOffset) = layout.place[Layout.SectionKey(object: o, section: section.index)] else { continue }
-                let relocations: [ELFRelocation]
-                do { relocations = try obj.elf.relocations(for: section) } catch { throw .elf(error) }
-                for r in relocations where try apply(r, o, section, bucket, sectionOffset, &images, a) {
+                for r in obj.relocations[section.index] ?? [] where try apply(r, o, section, bucket, sectionOffset, &images, a) {
                     throughVeneers += 1
                 }
             }

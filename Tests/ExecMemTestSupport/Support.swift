@@ -62,3 +62,27 @@ public func testAllocator(rangeSize: Int = 128 << 20) throws -> ExecMemAllocator
     c.fallbackSize = 0
     return try ExecMemAllocator(c)
 }
+
+/// One input a fuzz target crashed on, kept in `Fuzz/Regressions/<target>/`: the bytes, and the
+/// text (from `<name>.error`) the typed error it must now give contains.
+public struct FuzzRegression: Sendable, CustomStringConvertible {
+    public let name: String
+    public let bytes: [UInt8]
+    public let expectedError: String
+    public var description: String { name }
+}
+
+/// The checked-in regression inputs of one fuzz target (`elf`, `archive`, `bpfelf`, `loader`,
+/// `assembler`, `verifier`); each file `NAME` comes with `NAME.error`.
+public func fuzzRegressions(_ target: String) -> [FuzzRegression] {
+    let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fuzz/Regressions/\(target)")
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+    // An input without its .error file expects a text no error contains: its test fails, it is not skipped.
+    return names.filter { !$0.hasSuffix(".error") }.sorted().map { name in
+        let bytes = FileManager.default.contents(atPath: dir.appendingPathComponent(name).path) ?? Data()
+        let expected = FileManager.default.contents(atPath: dir.appendingPathComponent(name + ".error").path)
+            .map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) } ?? "\u{0}(no \(name).error)"
+        return FuzzRegression(name: name, bytes: Array(bytes), expectedError: expected)
+    }
+}

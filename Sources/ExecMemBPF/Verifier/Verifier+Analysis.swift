@@ -99,7 +99,7 @@ struct Analysis {
             blockAt[i] = Int32(blockStart.count)
             blockStart.append(i)
         }
-        for (k, s) in blockStart.enumerated() { blockEnd.append(k + 1 < blockStart.count ? blockStart[k + 1] : n) }
+        for k in blockStart.indices { blockEnd.append(k + 1 < blockStart.count ? blockStart[k + 1] : n) }
         // Predecessors of each block (function entries count as many: their callers join there).
         var predecessors = [Int](repeating: 0, count: blockStart.count)
         for s in functions { predecessors[Int(blockAt[s])] = 2 }

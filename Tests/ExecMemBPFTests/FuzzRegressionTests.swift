@@ -1,0 +1,44 @@
+// The inputs the eBPF fuzz targets once crashed on (Fuzz/Regressions/<target>/, see Fuzz/README.md),
+// run through the same entry points as the targets: each must now give a typed error with the text
+// of its `.error` file.
+
+import ExecMemBPF
+import ExecMemTestSupport
+import Testing
+
+@Suite struct BPFFuzzRegressionTests {
+    @Test(arguments: fuzzRegressions("bpfelf"))
+    func bpfELF(_ input: FuzzRegression) {
+        do {
+            _ = try BPFVM().load(elf: input.bytes, name: input.name)
+            Issue.record("\(input.name) was loaded without an error")
+        } catch {
+            #expect("\(error)".contains(input.expectedError), "\(error)")
+        }
+    }
+
+    @Test(arguments: fuzzRegressions("assembler"))
+    func assembler(_ input: FuzzRegression) {
+        do {
+            _ = try BPFAssembler.assemble(String(decoding: input.bytes, as: UTF8.self))
+            Issue.record("\(input.name) was assembled without an error")
+        } catch {
+            #expect("\(error)".contains(input.expectedError), "\(error)")
+        }
+    }
+
+    /// The verifier target's setting: the hostile generator's maps, the differential generator's helper.
+    @Test(arguments: fuzzRegressions("verifier"))
+    func verifier(_ input: FuzzRegression) throws {
+        let vm = BPFVM()
+        vm.register(BPFProgramGenerator.helperNumber, BPFProgramGenerator.helper)
+        let maps = try BPFHostileGenerator.makeMaps(seed: 0)
+        do {
+            let program = try decodeProgram(Array(input.bytes.prefix(input.bytes.count - input.bytes.count % 8)))
+            _ = try vm.load(program, name: input.name, maps: maps)
+            Issue.record("\(input.name) was verified without an error")
+        } catch {
+            #expect("\(error)".contains(input.expectedError), "\(error)")
+        }
+    }
+}
