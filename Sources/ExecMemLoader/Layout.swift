@@ -54,6 +54,13 @@ struct Layout {
     var alignment = [Int](repeating: 1, count: Bucket.allCases.count)
     /// COMMON symbols, placed at the end of data: (object, symbol) -> offset in data.
     var common: [SymbolKey: Int] = [:]
+    /// Per bucket, the bytes that come from files (and the GOT, veneers and `__dso_handle`): NOBITS
+    /// sections and COMMON symbols follow them in the allocation's fresh (zeroed) memory, never built as images.
+    var fileBytes = [Int](repeating: 0, count: Bucket.allCases.count)
+    /// NOBITS sections and COMMON symbols waiting for `placeZeroFill`, after every `append`.
+    private var zeroFill: [(section: SectionKey?, symbol: SymbolKey?, bucket: Bucket, bytes: Int, alignment: Int, what: String, object: String)] = []
+    private var zeroFillSections: Set<SectionKey> = []
+    private var zeroFillPlaced = false
     /// Thread-local sections: (object, section) -> offset in the module's TLS image.
     var tls: [SectionKey: Int] = [:]
     var tlsSize = 0
@@ -97,6 +104,11 @@ struct Layout {
                     continue
                 }
                 guard let b = Bucket.of(s) else { continue }
+                if !s.hasFileBytes {
+                    zeroFill.append((SectionKey(object: o, section: s.index), nil, b, s.size, a, "section \(s.name)", obj.name))
+                    zeroFillSections.insert(SectionKey(object: o, section: s.index))
+                    continue
+                }
                 let at = Layout.align(size[b.rawValue], a)
                 place[SectionKey(object: o, section: s.index)] = (b, at)
                 size[b.rawValue] = try Self.end(at, s.size, "section \(s.name)", object: obj.name)
@@ -107,18 +119,44 @@ struct Layout {
         for c in commons {
             let obj = objects[c.object], sym = obj.elf.symbols[c.symbol]
             let a = try Self.alignment(sym.value, "COMMON symbol \(sym.name)", object: obj.name)
-            let at = Layout.align(size[Bucket.data.rawValue], a)
-            common[SymbolKey(object: c.object, symbol: c.symbol)] = at
-            size[Bucket.data.rawValue] = try Self.end(at, Int(clamping: sym.size), "COMMON symbol \(sym.name)", object: obj.name)
-            alignment[Bucket.data.rawValue] = max(alignment[Bucket.data.rawValue], a)
+            zeroFill.append((nil, SymbolKey(object: c.object, symbol: c.symbol), .data, Int(clamping: sym.size), a, "COMMON symbol \(sym.name)", obj.name))
+        }
+        // Refuse an oversized module now, before any GOT or veneer planning: every zero-filled item
+        // at its worst alignment on top of the file bytes.
+        var total = size.reduce(0, +)
+        for z in zeroFill {
+            total = try Self.end(total, z.bytes, z.what, object: z.object)
+            total = try Self.end(total, z.alignment - 1, z.what, object: z.object)
+        }
+        guard total <= Self.maxImageBytes else {
+            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(total) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take)")
+        }
+    }
+
+    /// Whether (object, section) is a NOBITS section that `placeZeroFill` places.
+    func isZeroFill(_ key: SectionKey) -> Bool { zeroFillSections.contains(key) }
+
+    /// Places the NOBITS sections and COMMON symbols after everything else in their buckets (once,
+    /// after the last `append`), so that the bytes before them are all that is built as an image.
+    mutating func placeZeroFill() throws(LoaderError) {
+        guard !zeroFillPlaced else { return }
+        zeroFillPlaced = true
+        fileBytes = size
+        for z in zeroFill {
+            let at = Layout.align(size[z.bucket.rawValue], z.alignment)
+            if let k = z.section { place[k] = (z.bucket, at) }
+            if let k = z.symbol { common[k] = at }
+            size[z.bucket.rawValue] = try Self.end(at, z.bytes, z.what, object: z.object)
+            alignment[z.bucket.rawValue] = max(alignment[z.bucket.rawValue], z.alignment)
         }
         guard size.reduce(0, +) <= Self.maxImageBytes else {
-            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(size.reduce(0, +)) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take)")
+            throw .badInput(object: "module", reason: "the module takes \(size.reduce(0, +)) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take)")
         }
     }
 
     /// Appends `bytes` bytes aligned to `a` to a bucket; returns the offset.
     mutating func append(_ b: Bucket, bytes: Int, alignment a: Int) -> Int {
+        precondition(!zeroFillPlaced, "Layout.append after placeZeroFill")
         let at = Layout.align(size[b.rawValue], a)
         size[b.rawValue] = at + bytes
         alignment[b.rawValue] = max(alignment[b.rawValue], a)

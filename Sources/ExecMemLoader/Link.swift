@@ -143,9 +143,12 @@ struct Link {
             if count == 2 { gotOrder.append(k) }
         }
         for (o, obj) in objects.enumerated() {
-            for section in obj.elf.sections where placed(o, section.index) {
+            for section in obj.elf.sections where placed(o, section.index) || layout.isZeroFill(Layout.SectionKey(object: o, section: section.index)) {
                 let relocations: [ELFRelocation]
                 do { relocations = try obj.elf.relocations(for: section) } catch { throw .elf(error) }
+                if !section.hasFileBytes, let r = relocations.first {
+                    throw .badInput(object: obj.name, reason: "relocation \(Relocation.name(r.type)) at offset \(r.offset) of NOBITS section \(section.name): it has no bytes to relocate")
+                }
                 if !relocations.isEmpty { objects[o].relocations[section.index] = relocations }
                 for r in relocations where r.type != 0 {
                     let sym = obj.elf.symbols[r.symbolIndex]

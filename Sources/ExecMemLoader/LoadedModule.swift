@@ -41,6 +41,7 @@ public final class LoadedModule: @unchecked Sendable {
         var link = link
         // __dso_handle, when the module uses it, is a word of its data.
         let dso = link.uses("__dso_handle") ? link.layout.append(.data, bytes: 8, alignment: 8) : -1
+        try link.layout.placeZeroFill()
         // Memory per type.
         var allocated: [Bucket: Allocation] = [:]
         func freeAll() { for a in allocated.values { try? allocator.free(a) } }
@@ -61,7 +62,8 @@ public final class LoadedModule: @unchecked Sendable {
                                        veneerAddress: base[Bucket.text.rawValue] + UInt(link.veneerOffset),
                                        dsoHandle: dso >= 0 ? base[Bucket.data.rawValue] + UInt(dso) : 0)
         // Section images, relocated.
-        var images = Bucket.allCases.map { [UInt8](repeating: $0 == .text || $0 == .initText ? 0xCC : 0, count: link.layout.size[$0.rawValue]) }
+        // Images of the bytes that come from files (NOBITS and COMMON come after them).
+        var images = Bucket.allCases.map { [UInt8](repeating: $0 == .text || $0 == .initText ? 0xCC : 0, count: link.layout.fileBytes[$0.rawValue]) }
         var placements: [SectionPlacement] = []
         var throughVeneers = 0
         for (o, obj) in link.objects.enumerated() {
@@ -74,7 +76,6 @@ public final class LoadedModule: @unchecked Sendable {
                 }
                 guard let (b, off) = link.layout.place[Layout.SectionKey(object: o, section: s.index)] else { continue }
                 if s.hasFileBytes { images[b.rawValue].replaceSubrange(off..<(off + s.size), with: obj.elf.contents(s)) }
-                else { for i in off..<(off + s.size) { images[b.rawValue][i] = 0 } }
                 placements.append(SectionPlacement(object: obj.name, section: s.name, type: b.description, address: base[b.rawValue] + UInt(off), size: s.size))
             }
         }
@@ -90,6 +91,8 @@ public final class LoadedModule: @unchecked Sendable {
                 images[Bucket.text.rawValue].replaceSubrange(link.veneerOffset..<(link.veneerOffset + code.count), with: code)
                 placements.append(SectionPlacement(object: name, section: "veneers (\(link.veneers.count))", type: "text", address: addresses.veneerAddress, size: code.count))
             }
+            // What follows the images is NOBITS and COMMON: fresh allocations are already zero (and
+            // int3 for text), so a .bss costs no copy and no page it does not touch.
             for (b, a) in allocated { try allocator.write(images[b.rawValue], to: a) }
         } catch let e as LoaderError {
             freeAll()

@@ -67,6 +67,31 @@ import Testing
         #expect(throws: (any Error).self) { try ModuleLoader(allocator: try testAllocator()).load([LoaderInput(name: "h.o", bytes: b)], name: "x") }
     }
 
+    /// A 64 MiB .bss from a file of a few KiB: the module gets its zeroed memory, but no image of it
+    /// is built or copied (the images are the file's bytes), and the memory reads zero and writes.
+    @Test func aLargeBSSIsNotBuiltAsAnImage() throws {
+        let dir = try scratch()
+        var b = try object("char big[64]; int main(void) { volatile char *p = big; p[63] = 7; return p[0] + p[63] + p[(64 << 20) - 1]; }", in: dir)
+        try patchSection(&b, ".bss", field: 32, 64 << 20)
+        var link = try Link([LoaderInput(name: "h.o", bytes: b)])
+        try link.layout.placeZeroFill()
+        #expect(link.layout.size[Bucket.data.rawValue] >= 64 << 20)
+        #expect(link.layout.fileBytes[Bucket.data.rawValue] < 4096, "the data image holds only file bytes")
+        let m = try ModuleLoader(allocator: try testAllocator()).load([LoaderInput(name: "h.o", bytes: b)], name: "bss")
+        #expect(try m.callMain(arguments: ["h"]) == 7)
+        m.unload()
+    }
+
+    @Test func relocationsIntoNOBITSAreRefused() throws {
+        let dir = try scratch()
+        var b = try object("int x = 1; int *p = &x; int main(void) { return *p; }", in: dir)
+        let f = try ELFFile(bytes: b, name: "h.o")
+        let data = try #require(f.section(named: ".data"))
+        let shoff = Int(b[40..<48].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) })
+        b[shoff + data.index * 64 + 4] = UInt8(ELF.SHT_NOBITS)  // .data (which p's relocation patches) becomes NOBITS
+        try expectBadInput(b, "NOBITS section .data: it has no bytes to relocate")
+    }
+
     @Test func aFunctionOutsideItsSectionIsNeverCalled() throws {
         let dir = try scratch()
         var b = try object("int main(void) { return 3; }", in: dir)
