@@ -55,8 +55,13 @@ extension BPFVM {
         }
         // Maps and data sections.
         var maps: [BPFMap] = []
-        var mapBySymbol: [Int: BPFMap] = [:]
-        var dataMap: [Int: BPFMap] = [:]  // section index -> its map
+        var mapBySymbol: [Int: Int] = [:]  // symbol index -> index in maps
+        var dataMap: [Int: Int] = [:]  // section index -> index in maps
+        // Symbols by section, once (a file may have many sections named "maps").
+        var symbolsBySection: [Int: [ELFSymbol]] = [:]
+        for sym in f.symbols where sym.sectionIndex != ELF.SHN_UNDEF && sym.sectionIndex < ELF.SHN_LORESERVE && sym.type != ELF.STT_SECTION {
+            symbolsBySection[Int(sym.sectionIndex), default: []].append(sym)
+        }
         var mapBytes = 0  // all of one object's maps together stay within BPFMap.maxBytes
         func admit(_ bytes: Int, _ what: String) throws(BPFError) {
             mapBytes += bytes
@@ -66,7 +71,8 @@ extension BPFVM {
         }
         for s in f.sections where s.isAllocated && !s.isExecutable && s.size > 0 {
             if s.name == "maps" {
-                for sym in f.symbols where Int(sym.sectionIndex) == s.index && sym.type != ELF.STT_SECTION {
+                guard s.hasFileBytes else { throw .link(section: "maps", offset: 0, reason: "the maps section has no bytes in the file (NOBITS)") }
+                for sym in symbolsBySection[s.index] ?? [] {
                     guard s.size >= 20, sym.value <= UInt64(s.size - 20), s.hasFileBytes else {
                         throw .link(section: "maps", offset: 0, reason: "map '\(sym.name)' at \(sym.value) is not a whole struct bpf_map_def inside the \(s.size)-byte section")
                     }
@@ -79,20 +85,20 @@ extension BPFVM {
                     guard let type = BPFMapType(rawValue: words[0]) else {
                         throw .link(section: "maps", offset: Int(sym.value), reason: "map '\(sym.name)' has type \(words[0]); only hash (1) and array (2) are supported")
                     }
-                    let (size, overflow) = Int(words[2]).multipliedReportingOverflow(by: Int(words[3]))
-                    try admit(overflow ? Int.max / 2 : size, "maps")
+                    let footprint = BPFMap.footprint(type: type, keySize: Int(words[1]), valueSize: Int(words[2]), maxEntries: Int(words[3]))
+                    try admit(footprint ?? Int.max / 2, "maps")
                     let m = try BPFMap(name: sym.name, type: type, keySize: Int(words[1]), valueSize: Int(words[2]), maxEntries: Int(words[3]))
+                    mapBySymbol[sym.index] = maps.count
                     maps.append(m)
-                    mapBySymbol[sym.index] = m
                 }
             } else if s.name == ".maps" {
                 throw .link(section: ".maps", offset: 0, reason: "BTF-defined maps are not supported; declare maps as SEC(\"maps\") struct bpf_map_def")
             } else if s.name.hasPrefix(".rodata") || s.name.hasPrefix(".data") || s.name.hasPrefix(".bss") {
-                try admit(s.size, s.name)
+                try admit(BPFMap.footprint(type: .array, keySize: 4, valueSize: s.size, maxEntries: 1) ?? Int.max / 2, s.name)
                 let m = try BPFMap(name: s.name, type: .array, keySize: 4, valueSize: s.size, maxEntries: 1, readOnly: !s.isWritable)
                 if s.hasFileBytes { m.initialize(f.contents(s), at: 0) }
+                dataMap[s.index] = maps.count
                 maps.append(m)
-                dataMap[s.index] = m
             }
         }
         // Lay out the code.
@@ -130,14 +136,15 @@ extension BPFVM {
                     // Linux's pseudo loads: src 1 = the map, src 2 = a pointer into the map's value.
                     if let m = mapBySymbol[sym.index] {
                         code[at].src = 1
-                        code[at].imm = Int32(maps.firstIndex { $0 === m }!)
+                        code[at].imm = Int32(m)
                         code[at + 1].imm = 0
-                    } else if let m = dataMap[Int(sym.sectionIndex)] {
+                    } else if let index = dataMap[Int(sym.sectionIndex)] {
+                        let m = maps[index]
                         let addend = UInt64(UInt32(bitPattern: code[at].imm)) | UInt64(UInt32(bitPattern: code[at + 1].imm)) << 32
                         let (off, overflow) = sym.value.addingReportingOverflow(addend)
                         guard !overflow, off <= UInt64(m.valueSize) else { throw .link(section: s.name, offset: Int(r.offset), reason: "offset \(off) past the end of \(m.name)") }
                         code[at].src = 2
-                        code[at].imm = Int32(maps.firstIndex { $0 === m }!)
+                        code[at].imm = Int32(index)
                         code[at + 1].imm = Int32(truncatingIfNeeded: off)
                     } else {
                         throw .link(section: s.name, offset: Int(r.offset), reason: "lddw of '\(sym.name)', which is neither a map nor in a data section")

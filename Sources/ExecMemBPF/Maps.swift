@@ -4,6 +4,7 @@
 // to a program stays inside memory the bounds checks know (the slab is one region), whatever later
 // updates and deletes do; ELF data sections (.rodata, .data, .bss) are array maps of one element.
 
+import Glibc
 import Synchronization
 
 /// Map types, with Linux's numbers.
@@ -50,7 +51,27 @@ public final class BPFMap: @unchecked Sendable {
     struct HashIndex {
         /// Key bytes -> slot.
         var slots: [[UInt8]: Int] = [:]
+        /// Slots deleted and not yet reused (the last one is reused first), then slots never used,
+        /// from `nextFresh` on: memory in proportion to the entries used, not to `maxEntries`.
         var free: [Int] = []
+        var nextFresh = 0
+
+        mutating func take(_ maxEntries: Int) -> Int? {
+            if let slot = free.popLast() { return slot }
+            guard nextFresh < maxEntries else { return nil }
+            nextFresh += 1
+            return nextFresh - 1
+        }
+    }
+
+    /// The bytes a map of this shape takes (its value slab and, for hash maps, its key slab), or nil
+    /// when that is not a number.
+    static func footprint(type: BPFMapType, keySize: Int, valueSize: Int, maxEntries: Int) -> Int? {
+        let stride = (valueSize + 7) & ~7
+        let (bytes, o1) = stride.multipliedReportingOverflow(by: maxEntries)
+        let (keyBytes, o2) = keySize.multipliedReportingOverflow(by: type == .hash ? maxEntries : 0)
+        let (total, o3) = bytes.addingReportingOverflow(keyBytes)
+        return o1 || o2 || o3 ? nil : total
     }
 
     /// A map with every value zero.
@@ -64,24 +85,31 @@ public final class BPFMap: @unchecked Sendable {
         guard valueSize <= 1 << 26, maxEntries <= 1 << 24, keySize <= 512 else {
             throw .map(name: name, reason: "too large (value \(valueSize), entries \(maxEntries), key \(keySize); limits 2^26, 2^24, 512)")
         }
-        let stride = (valueSize + 7) & ~7
-        let (bytes, o1) = stride.multipliedReportingOverflow(by: maxEntries)
-        let (keyBytes, o2) = keySize.multipliedReportingOverflow(by: type == .hash ? maxEntries : 0)
-        guard !o1, !o2, bytes + keyBytes <= Self.maxBytes else {
+        guard let bytes = Self.footprint(type: type, keySize: keySize, valueSize: valueSize, maxEntries: maxEntries), bytes <= Self.maxBytes else {
             throw .map(name: name, reason: "\(maxEntries) entries of \(valueSize)-byte values need more than the \(Self.maxBytes >> 20) MiB a map may have (BPFMap.maxBytes)")
         }
         self.name = name; self.type = type; self.keySize = keySize; self.valueSize = valueSize
         self.maxEntries = maxEntries; self.readOnly = readOnly
         valueStride = (valueSize + 7) & ~7
-        values = UnsafeMutableRawPointer.allocate(byteCount: valueStride * maxEntries, alignment: 16)
-        values.initializeMemory(as: UInt8.self, repeating: 0, count: valueStride * maxEntries)
-        keys = type == .hash ? UnsafeMutableRawPointer.allocate(byteCount: keySize * maxEntries, alignment: 8) : nil
-        lock.withLock { $0.free = Array((0..<maxEntries).reversed()) }
+        // calloc: a large slab is fresh zero pages, taking memory only where it is used.
+        guard let values = calloc(1, valueStride * maxEntries) else {
+            throw .map(name: name, reason: "cannot allocate \(valueStride * maxEntries) bytes of values")
+        }
+        var keys: UnsafeMutableRawPointer? = nil
+        if type == .hash {
+            keys = malloc(keySize * maxEntries)
+            guard keys != nil else {
+                free(values)
+                throw .map(name: name, reason: "cannot allocate \(keySize * maxEntries) bytes of keys")
+            }
+        }
+        self.values = values
+        self.keys = keys
     }
 
     deinit {
-        values.deallocate()
-        keys?.deallocate()
+        free(values)
+        free(keys)
     }
 
     /// The handle programs carry in registers (what `lddw` of a map loads).
@@ -122,7 +150,7 @@ public final class BPFMap: @unchecked Sendable {
             let slot: Int? = lock.withLock { s -> Int? in
                 if let existing = s.slots[k] { return flag == .noExist ? -17 : existing }
                 if flag == .exist { return -2 }
-                guard let fresh = s.free.popLast() else { return -7 }
+                guard let fresh = s.take(maxEntries) else { return -7 }
                 s.slots[k] = fresh
                 return fresh
             }
@@ -177,8 +205,7 @@ public final class BPFMap: @unchecked Sendable {
     func reset() {
         values.initializeMemory(as: UInt8.self, repeating: 0, count: valueStride * maxEntries)
         lock.withLock { index in
-            index.slots = [:]
-            index.free = Array((0..<maxEntries).reversed())
+            index = HashIndex()
         }
     }
 

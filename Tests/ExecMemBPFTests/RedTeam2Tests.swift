@@ -203,3 +203,38 @@ extension RedTeam2Tests {
         }
     }
 }
+
+extension RedTeam2Tests {
+    // MARK: - Map memory, round 3 (issue 10)
+
+    /// The object's total counted only value bytes, while a hash map also takes `key_size x
+    /// max_entries` bytes of keys: two 130 MiB hash maps (512-byte keys, 2^18 entries) passed a
+    /// 256 MiB total as 4 MiB. Keys count now.
+    @Test func hashMapKeysCountTowardTheObjectTotal() throws {
+        let symbols = (0..<2).map { _ in (name: UInt32(0), section: UInt16(5), value: UInt64(0)) }
+        let bytes = object(extra: symbols, mapDef: [1, 512, 8, 1 << 18])
+        #expect { _ = try BPFVM(allocator: try testAllocator()).load(elf: bytes) } throws: { "\($0)".contains("BPFMap.maxBytes") }
+        // One of them alone is within the bound.
+        let one = object(extra: [(name: 0, section: 5, value: 0)], mapDef: [1, 512, 8, 1 << 18])
+        #expect(throws: Never.self) { _ = try BPFVM(allocator: try testAllocator()).load(elf: one) }
+    }
+
+    /// A 255 MiB array map from a 400-byte object: its values are fresh zero pages (calloc), so
+    /// loading costs memory only where the map is used (it was zero-filled: 255 MiB resident).
+    @Test func aLargeMapTakesMemoryOnlyWhereUsed() async {
+        await #expect(processExitsWith: .success) {
+            func resident() -> Int {
+                let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+                return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? Int.max / 2) << 10
+            }
+            let bytes = object(extra: [(name: 0, section: 5, value: 0)], mapDef: [2, 4, 255 << 10, 1024])
+            let before = resident()
+            let program = try BPFVM(allocator: try testAllocator()).load(elf: bytes)
+            let map = try #require(program.maps.first)
+            #expect(map.valueSize * map.maxEntries == 255 << 20)
+            #expect(try map.lookup([0, 0, 0, 0]) == [UInt8](repeating: 0, count: 255 << 10))
+            if resident() - before >= 32 << 20 { exit(1) }
+        }
+    }
+}
