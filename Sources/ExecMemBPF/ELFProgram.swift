@@ -113,6 +113,7 @@ extension BPFVM {
         if let text = f.section(named: ".text"), text.index != entrySection.index, text.size > 0 { order.append(text) }
         for s in order {
             guard s.size % 8 == 0 else { throw .link(section: s.name, offset: s.size, reason: "size \(s.size) is not a whole number of instructions") }
+            guard s.hasFileBytes else { throw .link(section: s.name, offset: 0, reason: "a code section with no bytes in the file (NOBITS)") }
             sectionStart[s.index] = code.count
             code += try decodeProgram(Array(f.contents(s)))
         }
