@@ -207,7 +207,12 @@ func expectRejected(_ vm: BPFVM, _ source: String, maps: [BPFMap] = [], _ reason
         for (source, reason) in cases {
             let p = try vm.load(assembly: source, maps: [map])
             let outcomes = bothEngines(p)
-            #expect(outcomes[0] == outcomes[1], "\(source)")
+            // The same instruction, region and kind of fault; the offset of a pointer moved from one
+            // region to another is the distance between them, which differs when the engines' stacks
+            // or contexts lie at different addresses (as under AddressSanitizer, which never reuses
+            // an address at once).
+            let alike = outcomes.map { "\($0)".replacing(/offset \d+/, with: "offset N") }
+            #expect(alike[0] == alike[1], "\(source)")
             guard case let .failure(.runtime(_, why)) = outcomes[0] else { Issue.record("\(source): \(outcomes[0])"); continue }
             #expect(why.contains(reason), "\(why)")
         }

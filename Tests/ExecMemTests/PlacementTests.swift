@@ -3,6 +3,7 @@
 
 @testable import ExecMem
 import ExecMemSystem
+import Glibc
 import Testing
 
 @Suite struct PlacementTests {
@@ -34,7 +35,10 @@ import Testing
         }
     }
 
-    @Test func aCrowdedWindowShrinksTheRangeThenGoesAnywhere() async {
+    /// Under AddressSanitizer the runtime maps and unmaps its own regions between the test's reading
+    /// of /proc/self/maps and its reservations, so "every hole but one" cannot be set up.
+    @Test(.disabled(if: dlsym(nil, "__asan_init") != nil, "AddressSanitizer maps memory of its own into the holes this test fills"))
+    func aCrowdedWindowShrinksTheRangeThenGoesAnywhere() async {
         await #expect(processExitsWith: .success) {
             // Take every hole in reach of the executable with PROT_NONE reservations, except 100 MiB.
             let maps = try ProcMaps.read()
