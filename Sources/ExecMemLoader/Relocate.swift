@@ -37,7 +37,13 @@ extension Link {
         }
         let sym = objects[d].elf.symbols[ds]
         if sym.isAbsolute { return UInt(sym.value) }
-        if sym.isCommon { return a.base[Bucket.data.rawValue] + UInt(layout.common[Layout.SymbolKey(object: d, symbol: ds)]!) }
+        if sym.isCommon {
+            // Only named globals are COMMON (Link.init places them): a local or nameless one is not.
+            guard let at = layout.common[Layout.SymbolKey(object: d, symbol: ds)] else {
+                throw .badInput(object: objects[d].name, reason: "COMMON symbol \(ds) '\(sym.name)' is not a named global (only those are placed)")
+            }
+            return a.base[Bucket.data.rawValue] + UInt(at)
+        }
         let section = Int(sym.sectionIndex)
         // A symbol lies within its section (its end included): a value from the file, checked.
         guard section < objects[d].elf.sections.count, sym.value <= UInt64(objects[d].elf.sections[section].size) else {
