@@ -79,7 +79,7 @@ struct Layout {
     static func end(_ at: Int, _ bytes: Int, _ what: @autoclosure () -> String, object: String) throws(LoaderError) -> Int {
         let (e, overflow) = at.addingReportingOverflow(bytes)
         guard bytes >= 0, !overflow, e <= maxImageBytes else {
-            throw .badInput(object: object, reason: "\(what()) of \(bytes) bytes takes the module past \(maxImageBytes >> 20) MiB (the most a module may take)")
+            throw .badInput(object: object, reason: "\(what()) of \(bytes) bytes takes the module past \(maxImageBytes >> 20) MiB (the most a module may take, ModuleLoader.maxModuleBytes)")
         }
         return e
     }
@@ -129,7 +129,7 @@ struct Layout {
             total = try Self.end(total, z.alignment - 1, z.what, object: z.object)
         }
         guard total <= Self.maxImageBytes else {
-            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(total) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take)")
+            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(total) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take, ModuleLoader.maxModuleBytes)")
         }
     }
 
@@ -150,7 +150,7 @@ struct Layout {
             alignment[z.bucket.rawValue] = max(alignment[z.bucket.rawValue], z.alignment)
         }
         guard size.reduce(0, +) <= Self.maxImageBytes else {
-            throw .badInput(object: "module", reason: "the module takes \(size.reduce(0, +)) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take)")
+            throw .badInput(object: "module", reason: "the module takes \(size.reduce(0, +)) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take, ModuleLoader.maxModuleBytes)")
         }
     }
 

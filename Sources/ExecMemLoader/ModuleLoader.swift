@@ -29,6 +29,11 @@ extension String {
 }
 
 public final class ModuleLoader: @unchecked Sendable {
+    /// The most memory one module may take, all its types together (and the most its TLS image may
+    /// take): 1 GiB. Sizes come from the files; a larger module is a `LoaderError.badInput` naming
+    /// this limit, before anything is allocated.
+    public static let maxModuleBytes = Layout.maxImageBytes
+
     let defaultAllocator: ExecMemAllocator?
     private let state = Mutex<State>(State())
 
