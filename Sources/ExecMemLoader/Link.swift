@@ -33,8 +33,9 @@ struct Link {
     /// Host and other-module symbols, looked up once.
     var external: [String: UInt] = [:]
     var tlsBase = 0
-    /// The process's mappings when the load began (telling host functions from host data).
-    let hostMaps = HostMaps.shared
+    /// The process's mappings (telling host functions from host data), read the first time a rel32
+    /// to a host symbol needs them: most loads never do, and reading them costs about a millisecond.
+    lazy var hostMaps = HostMaps.shared
 
     static let veneerSize = 8  // jmp *slot(%rip) + 2 bytes of int3
 
@@ -188,7 +189,7 @@ struct Link {
     }
 
     /// Whether `address` lies in an executable mapping of the process (a function, not data).
-    func isExecutable(_ address: UInt) -> Bool {
+    mutating func isExecutable(_ address: UInt) -> Bool {
         hostMaps.first { $0.start <= address && address < $0.end }?.executable ?? false
     }
 }

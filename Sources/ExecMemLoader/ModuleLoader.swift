@@ -93,32 +93,36 @@ public final class ModuleLoader: @unchecked Sendable {
             for d in hostData where !Rel32.reaches(lo, hi, d.address, d.address + 1) || hi - lo > UInt(1 << 30) {
                 throw .placement("host data '\(d.name)' at 0x\(String(d.address, radix: 16)) is too far from '\(first.name)' for one module to reach both with rel32")
             }
-            return try allocator(key: image.path.isEmpty ? "data@\(image.start)" : image.path) { c in
-                c.placement = .near(start: lo, end: hi)
-            }
+            return try allocator(key: image.path.isEmpty ? "data@\(image.start)" : image.path, placements: [.near(start: lo, end: hi)])
         }
         if needsLow != nil {
-            return try allocator(key: "low") { c in c.placement = .hint(0x1000_0000) }
+            // Three 512 MiB slots below 2 GiB: another loader in the process (or anything else) may
+            // hold the first.
+            return try allocator(key: "low", placements: [0x1000_0000, 0x3000_0000, 0x5000_0000].map { .hint($0) })
         }
         if let a = defaultAllocator { return a }
         do { return try ExecMemAllocator.shared() } catch { throw .allocator(error) }
     }
 
-    /// An allocator of 512 MiB placed for a need, made once.
-    private func allocator(key: String, _ configure: (inout ExecMemConfiguration) -> Void) throws(LoaderError) -> ExecMemAllocator {
-        var c = ExecMemConfiguration()
-        c.rangeSize = 512 << 20
-        c.fallbackSize = 0
-        configure(&c)
+    /// An allocator of 512 MiB placed for a need, made once: at the first of `placements` that works.
+    private func allocator(key: String, placements: [Placement]) throws(LoaderError) -> ExecMemAllocator {
         let r: Result<ExecMemAllocator, LoaderError> = state.withLock { s in
             if let a = s.allocators[key] { return .success(a) }
-            do throws(ExecMemError) {
-                let a = try ExecMemAllocator(c)
-                s.allocators[key] = a
-                return .success(a)
-            } catch {
-                return .failure(.placement("cannot place module memory for \(key): \(error)"))
+            var errors: [String] = []
+            for placement in placements {
+                var c = ExecMemConfiguration()
+                c.rangeSize = 512 << 20
+                c.fallbackSize = 0
+                c.placement = placement
+                do throws(ExecMemError) {
+                    let a = try ExecMemAllocator(c)
+                    s.allocators[key] = a
+                    return .success(a)
+                } catch {
+                    errors.append("\(error)")
+                }
             }
+            return .failure(.placement("cannot place module memory for \(key): \(errors.joined(separator: "; "))"))
         }
         return try r.get()
     }
