@@ -75,11 +75,14 @@ struct Layout {
     /// from the files, and a `.bss` of 2^60 bytes must be an error, not an allocation.
     static let maxImageBytes = 1 << 30
 
+    /// This layout's limit: `ModuleLoader.maxModuleBytes` unless the loader was given less.
+    let limit: Int
+
     /// `at + bytes` for a section of `object`, within the image limit.
-    static func end(_ at: Int, _ bytes: Int, _ what: @autoclosure () -> String, object: String) throws(LoaderError) -> Int {
+    func end(_ at: Int, _ bytes: Int, _ what: @autoclosure () -> String, object: String) throws(LoaderError) -> Int {
         let (e, overflow) = at.addingReportingOverflow(bytes)
-        guard bytes >= 0, !overflow, e <= maxImageBytes else {
-            throw .badInput(object: object, reason: "\(what()) of \(bytes) bytes takes the module past \(maxImageBytes >> 20) MiB (the most a module may take, ModuleLoader.maxModuleBytes)")
+        guard bytes >= 0, !overflow, e <= limit else {
+            throw .badInput(object: object, reason: "\(what()) of \(bytes) bytes takes the module past \(Self.describe(limit)) (the most a module may take: ModuleLoader.moduleLimit)")
         }
         return e
     }
@@ -92,14 +95,17 @@ struct Layout {
         return max(1, Int(value))
     }
 
-    init(_ objects: [InputObject], commons: [(object: Int, symbol: Int)]) throws(LoaderError) {
+    static func describe(_ bytes: Int) -> String { bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : "\(bytes) bytes" }
+
+    init(_ objects: [InputObject], commons: [(object: Int, symbol: Int)], limit: Int = Layout.maxImageBytes) throws(LoaderError) {
+        self.limit = limit
         for (o, obj) in objects.enumerated() {
             for s in obj.elf.sections where !obj.excluded.contains(s.index) {
                 let a = try Self.alignment(s.alignment, "section \(s.name)", object: obj.name)
                 if s.isAllocated && s.flags & ELF.SHF_TLS != 0 {
                     tlsSize = Layout.align(tlsSize, a)
                     tls[SectionKey(object: o, section: s.index)] = tlsSize
-                    tlsSize = try Self.end(tlsSize, s.size, "TLS section \(s.name)", object: obj.name)
+                    tlsSize = try end(tlsSize, s.size, "TLS section \(s.name)", object: obj.name)
                     tlsAlignment = max(tlsAlignment, a)
                     continue
                 }
@@ -111,7 +117,7 @@ struct Layout {
                 }
                 let at = Layout.align(size[b.rawValue], a)
                 place[SectionKey(object: o, section: s.index)] = (b, at)
-                size[b.rawValue] = try Self.end(at, s.size, "section \(s.name)", object: obj.name)
+                size[b.rawValue] = try end(at, s.size, "section \(s.name)", object: obj.name)
                 alignment[b.rawValue] = max(alignment[b.rawValue], a)
             }
         }
@@ -125,11 +131,11 @@ struct Layout {
         // at its worst alignment on top of the file bytes.
         var total = size.reduce(0, +)
         for z in zeroFill {
-            total = try Self.end(total, z.bytes, z.what, object: z.object)
-            total = try Self.end(total, z.alignment - 1, z.what, object: z.object)
+            total = try end(total, z.bytes, z.what, object: z.object)
+            total = try end(total, z.alignment - 1, z.what, object: z.object)
         }
-        guard total <= Self.maxImageBytes else {
-            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(total) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take, ModuleLoader.maxModuleBytes)")
+        guard total <= limit else {
+            throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(total) bytes, past \(Self.describe(limit)) (the most a module may take: ModuleLoader.moduleLimit)")
         }
     }
 
@@ -146,11 +152,11 @@ struct Layout {
             let at = Layout.align(size[z.bucket.rawValue], z.alignment)
             if let k = z.section { place[k] = (z.bucket, at) }
             if let k = z.symbol { common[k] = at }
-            size[z.bucket.rawValue] = try Self.end(at, z.bytes, z.what, object: z.object)
+            size[z.bucket.rawValue] = try end(at, z.bytes, z.what, object: z.object)
             alignment[z.bucket.rawValue] = max(alignment[z.bucket.rawValue], z.alignment)
         }
-        guard size.reduce(0, +) <= Self.maxImageBytes else {
-            throw .badInput(object: "module", reason: "the module takes \(size.reduce(0, +)) bytes, past \(Self.maxImageBytes >> 20) MiB (the most a module may take, ModuleLoader.maxModuleBytes)")
+        guard size.reduce(0, +) <= limit else {
+            throw .badInput(object: "module", reason: "the module takes \(size.reduce(0, +)) bytes, past \(Self.describe(limit)) (the most a module may take: ModuleLoader.moduleLimit)")
         }
     }
 

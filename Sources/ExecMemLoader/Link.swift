@@ -39,7 +39,7 @@ struct Link {
 
     static let veneerSize = 8  // jmp *slot(%rip) + 2 bytes of int3
 
-    init(_ inputs: [LoaderInput]) throws(LoaderError) {
+    init(_ inputs: [LoaderInput], maxModuleBytes: Int = Layout.maxImageBytes) throws(LoaderError) {
         var objects = try Inputs.resolve(inputs)
         try Link.excludeDuplicateGroups(&objects)
         var globals: [String: (object: Int, symbol: Int)] = [:]
@@ -64,7 +64,7 @@ struct Link {
             }
         }
         let unplacedCommons = commons.filter { globals[$0.key] == nil }
-        layout = try Layout(objects, commons: unplacedCommons.values.map { (object: $0.0, symbol: $0.1) })
+        layout = try Layout(objects, commons: unplacedCommons.values.map { (object: $0.0, symbol: $0.1) }, limit: maxModuleBytes)
         for (name, c) in unplacedCommons { globals[name] = c }
         self.objects = objects
         self.globals = globals

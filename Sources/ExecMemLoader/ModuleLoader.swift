@@ -48,8 +48,15 @@ public final class ModuleLoader: @unchecked Sendable {
     }
 
     /// - Parameter allocator: where modules go by default; the process's shared allocator when nil.
-    public init(allocator: ExecMemAllocator? = nil) {
+    /// The most memory one module of this loader may take (at most `maxModuleBytes`).
+    public let moduleLimit: Int
+
+    /// A loader placing modules in `allocator` (or the shared allocator, and ranges of its own for
+    /// modules that need the low 2 GiB or host data in reach); `moduleLimit` lowers the 1 GiB a
+    /// module may take (a host loading untrusted files may want less), and is clamped to 1 ... 1 GiB.
+    public init(allocator: ExecMemAllocator? = nil, moduleLimit: Int = ModuleLoader.maxModuleBytes) {
         defaultAllocator = allocator
+        self.moduleLimit = min(max(moduleLimit, 1), Self.maxModuleBytes)
     }
 
     /// Loads files (objects and archives) as one module.
@@ -61,7 +68,7 @@ public final class ModuleLoader: @unchecked Sendable {
 
     /// Links, places, relocates and initializes a module.
     public func load(_ inputs: [LoaderInput], name: String) throws(LoaderError) -> LoadedModule {
-        var link = try Link(inputs)
+        var link = try Link(inputs, maxModuleBytes: moduleLimit)
         let exports = state.withLock { s in s.exports.mapValues(\.1).merging(s.provided) { module, _ in module } }
         try link.resolveExternals(exports: exports, object: name)
         let (needsLow, hostData) = try link.plan()
@@ -69,10 +76,14 @@ public final class ModuleLoader: @unchecked Sendable {
         return try LoadedModule(link: link, name: name, loader: self, allocator: allocator)
     }
 
+    /// The allocators this loader placed for particular needs (the low 2 GiB, near a library), for
+    /// a fuzzer's check that nothing is left allocated.
+    @_spi(Fuzzing) public var placedAllocators: [ExecMemAllocator] { state.withLock { Array($0.allocators.values) } }
+
     /// Reads, links, lays out and relocates `inputs` like `load`, but runs none of their code (no
     /// constructors, no destructors) and unloads at once: for fuzzing the loader with any bytes.
     @_spi(Fuzzing) public func linkWithoutRunning(_ inputs: [LoaderInput], name: String) throws(LoaderError) {
-        var link = try Link(inputs)
+        var link = try Link(inputs, maxModuleBytes: moduleLimit)
         let exports = state.withLock { s in s.exports.mapValues(\.1).merging(s.provided) { module, _ in module } }
         try link.resolveExternals(exports: exports, object: name)
         let (needsLow, hostData) = try link.plan()

@@ -14,7 +14,7 @@ import Testing
         var c = ExecMemConfiguration()
         c.rangeSize = 64 << 20
         c.fallbackSize = 0
-        return ModuleLoader(allocator: try! ExecMemAllocator(c))
+        return ModuleLoader(allocator: try! ExecMemAllocator(c), moduleLimit: 32 << 20)
     }()
 
     @Test(arguments: fuzzRegressions("elf"))

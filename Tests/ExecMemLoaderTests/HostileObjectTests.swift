@@ -80,6 +80,9 @@ import Testing
         let m = try ModuleLoader(allocator: try testAllocator()).load([LoaderInput(name: "h.o", bytes: b)], name: "bss")
         #expect(try m.callMain(arguments: ["h"]) == 7)
         m.unload()
+        // A loader for untrusted files may take less than the 1 GiB default.
+        #expect { _ = try ModuleLoader(allocator: try testAllocator(), moduleLimit: 16 << 20).load([LoaderInput(name: "h.o", bytes: b)], name: "bss") }
+            throws: { "\($0)".contains("past 16 MiB (the most a module may take: ModuleLoader.moduleLimit)") }
     }
 
     @Test func relocationsIntoNOBITSAreRefused() throws {

@@ -19,7 +19,10 @@ let allocator: ExecMemAllocator = {
     c.retainedEmptyBlocks = 1
     return try! ExecMemAllocator(c)
 }()
-let loader = ModuleLoader(allocator: allocator)
+/// Modules of at most 32 MiB: a file of a few KB may declare a .bss up to the loader's limit, and the
+/// allocator commits (and, for 2 MiB pages, touches) what it hands out; 32 MiB keeps an input well
+/// under the campaign's 512 MiB and 1 s.
+let loader = ModuleLoader(allocator: allocator, moduleLimit: 32 << 20)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzLoader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -32,5 +35,10 @@ public func fuzzLoader(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     try? loader.linkWithoutRunning(inputs, name: "fuzz")
+    // Loaded or refused, nothing may be left allocated.
+    for a in [allocator] + loader.placedAllocators {
+        let live = a.statistics(readBack: false).total
+        precondition(live.allocations == 0, "\(live.allocations) allocations left after \(inputs.map(\.bytes.count)) bytes of input")
+    }
     return 0
 }
