@@ -155,8 +155,7 @@ public enum BPFAssembler {
                 guard rest.hasPrefix("+"), let off = UInt32(rest.dropFirst()) else { throw fail("bad map value offset '\(rest)'") }
                 return [BPFInstruction(opcode: BPF.LDDW, dst: try reg(ops[0]), src: 2, imm: n), BPFInstruction(opcode: 0, imm: Int32(bitPattern: off))]
             }
-            guard let v = parseNumber(ops[1]) else { throw fail("bad immediate '\(ops[1])'") }
-            let u = UInt64(bitPattern: v)
+            guard let u = parseBits(ops[1]) else { throw fail("bad immediate '\(ops[1])' (64 bits at most)") }
             return [BPFInstruction(opcode: BPF.LDDW, dst: try reg(ops[0]), imm: Int32(truncatingIfNeeded: u)),
                     BPFInstruction(opcode: 0, imm: Int32(truncatingIfNeeded: u >> 32))]
         case "lock":
@@ -227,15 +226,26 @@ public enum BPFAssembler {
     }
 
     /// Decimal or `0x` hex, with an optional sign; values wrap like the suite's assembler.
+    /// A decimal or hex number, exactly: nil unless it lies in -2^63 ... 2^63-1 (nothing wraps).
     static func parseNumber(_ s: String) -> Int64? {
+        guard let (negative, m) = parseMagnitude(s) else { return nil }
+        if !negative { return Int64(exactly: m) }
+        return m <= UInt64(Int64.max) ? -Int64(m) : m == UInt64(Int64.max) + 1 ? .min : nil
+    }
+
+    /// A 64-bit word: 0 ... 2^64-1, or a negative number down to -2^63 as its two's complement.
+    static func parseBits(_ s: String) -> UInt64? {
+        guard let (negative, m) = parseMagnitude(s) else { return nil }
+        if !negative { return m }
+        return parseNumber(s).map { UInt64(bitPattern: $0) }
+    }
+
+    private static func parseMagnitude(_ s: String) -> (negative: Bool, magnitude: UInt64)? {
         var t = Substring(s.trimmed)
         var negative = false
         if t.hasPrefix("+") { t = t.dropFirst() } else if t.hasPrefix("-") { negative = true; t = t.dropFirst() }
-        let magnitude: UInt64?
-        if t.hasPrefix("0x") || t.hasPrefix("0X") { magnitude = UInt64(t.dropFirst(2), radix: 16) } else { magnitude = UInt64(t) }
-        guard let m = magnitude else { return nil }
-        let v = Int64(bitPattern: m)
-        return negative ? 0 &- v : v
+        let magnitude = t.hasPrefix("0x") || t.hasPrefix("0X") ? UInt64(t.dropFirst(2), radix: 16) : UInt64(t)
+        return magnitude.map { (negative, $0) }
     }
 }
 

@@ -28,10 +28,10 @@ public struct ConformanceTest: Sendable {
             for (n, line) in raw.enumerated() {
                 let t = String(line.prefix { $0 != "#" }).trimmed
                 if t.isEmpty { continue }
-                guard let v = BPFAssembler.parseNumber(t.hasPrefix("0x") ? t : "0x" + t) else {
+                guard let v = BPFAssembler.parseBits(t.hasPrefix("0x") ? t : "0x" + t) else {
                     throw .assembler(line: n + 1, text: t, reason: "bad raw instruction word")
                 }
-                insns.append(BPFInstruction(word: UInt64(bitPattern: v)))
+                insns.append(BPFInstruction(word: v))
             }
             program = insns
         } else if let asm = sections["asm"] {

@@ -25,8 +25,9 @@ public struct Archive: Sendable {
         guard Archive.isArchive(bytes) else { throw .archive(file: name, what: "missing the !<arch> magic") }
         var members: [ArchiveMember] = []
         var longNames: [UInt8] = []
+        var names = NameTable(fileSize: bytes.count)  // long names and BSD symbol names, each decoded once
         var gnuSymbols: [(String, Int)] = []
-        var bsdSymbols: [(String, Int)] = []
+        var bsdSymbols: [(String, Int)] = [], bsdRepeated: [Int] = []
         var at = 8
         func field(_ from: Int, _ length: Int) -> String {
             String(decoding: bytes[from..<(from + length)], as: UTF8.self).trimmingTrailingSpaces()
@@ -56,14 +57,16 @@ public struct Archive: Sendable {
             } else if memberName == "//" {
                 longNames = data
             } else if memberName.hasPrefix("__.SYMDEF") {
-                bsdSymbols = try Archive.bsdSymbolTable(data, file: name)
+                (bsdSymbols, bsdRepeated) = try Archive.bsdSymbolTable(data, file: name, names: &names)
             } else {
                 if memberName.hasPrefix("/"), memberName.count > 1 {  // GNU long name
                     guard let offset = Int(memberName.dropFirst()), offset >= 0, offset < longNames.count else {
                         throw .archive(file: name, what: "long name offset '\(memberName.dropFirst())' at \(at) is outside the // table (\(longNames.count) bytes)")
                     }
-                    let end = longNames[offset...].firstIndex(of: 0x0A) ?? longNames.count
-                    memberName = String(decoding: longNames[offset..<end], as: UTF8.self)
+                    memberName = try names.intern(offset, file: name) {
+                        let end = longNames[offset...].firstIndex(of: 0x0A) ?? longNames.count
+                        return String(decoding: longNames[offset..<end], as: UTF8.self)
+                    }
                 }
                 if memberName.hasSuffix("/") { memberName.removeLast() }
                 members.append(ArchiveMember(name: memberName, headerOffset: at, bytes: data))
@@ -73,6 +76,9 @@ public struct Archive: Sendable {
         self.members = members
         var index: [String: Int] = [:]
         let byOffset = Dictionary(members.enumerated().map { ($1.headerOffset, $0) }, uniquingKeysWith: { a, _ in a })
+        for offset in bsdRepeated where byOffset[offset] == nil {
+            throw .archive(file: name, what: "a __.SYMDEF entry points at \(offset), not a member")
+        }
         for (symbol, offset) in gnuSymbols + bsdSymbols {
             guard let m = byOffset[offset] else { throw .archive(file: name, what: "symbol '\(symbol)' points at \(offset), not a member") }
             if index[symbol] == nil { index[symbol] = m }
@@ -101,7 +107,7 @@ public struct Archive: Sendable {
 
     /// BSD: a little-endian byte count of (name offset, member offset) pairs, the pairs, a string
     /// table size, the strings.
-    static func bsdSymbolTable(_ d: [UInt8], file: String) throws(ELFError) -> [(String, Int)] {
+    static func bsdSymbolTable(_ d: [UInt8], file: String, names: inout NameTable) throws(ELFError) -> (symbols: [(String, Int)], repeatedMembers: [Int]) {
         let r = ELFReader(d, file: file)
         let ranlibBytes = Int(try r.le(0, as: UInt32.self))
         guard ranlibBytes % 8 == 0, d.count >= 8, ranlibBytes <= d.count - 8 else { throw .archive(file: file, what: "bad __.SYMDEF size \(ranlibBytes)") }
@@ -109,12 +115,19 @@ public struct Archive: Sendable {
         let stringsSize = Int(try r.le(4 + ranlibBytes, as: UInt32.self))
         guard stringsSize <= d.count - stringsAt else { throw .archive(file: file, what: "bad __.SYMDEF string table size") }
         var out: [(String, Int)] = []
+        var seen = Set<Int>()  // an entry naming an offset already named changes nothing (the first wins)
+        var repeated: [Int] = []  // but its member offset is still checked
         for i in 0..<(ranlibBytes / 8) {
             let nameOffset = Int(try r.le(4 + i * 8, as: UInt32.self))
             let member = Int(try r.le(8 + i * 8, as: UInt32.self))
-            out.append((try r.cString(stringsAt + nameOffset, limit: stringsAt + stringsSize), member))
+            guard seen.insert(nameOffset).inserted else { repeated.append(member); continue }
+            // Entries may share a name: decoded once (negative keys: this table, not the // one's offsets).
+            let symbol = try names.intern(-1 - (stringsAt + nameOffset), file: file) { () throws(ELFError) in
+                try r.cString(stringsAt + nameOffset, limit: stringsAt + stringsSize)
+            }
+            out.append((symbol, member))
         }
-        return out
+        return (out, repeated)
     }
 }
 

@@ -107,11 +107,19 @@ public struct ELFFile: Sendable {
         let shentsize = Int(try r.le(58, as: UInt16.self, "e_shentsize"))
         var shnum = Int(try r.le(60, as: UInt16.self, "e_shnum"))
         var shstrndx = Int(try r.le(62, as: UInt16.self, "e_shstrndx"))
-        if shnum == 0 && shoff != 0 { shnum = try r.int(try r.le(shoff + 32, as: UInt64.self, "section 0 sh_size (the section count)"), "section count") }
-        if shstrndx == Int(ELF.SHN_XINDEX) && shoff != 0 { shstrndx = Int(try r.le(shoff + 40, as: UInt32.self, "section 0 sh_link (the name table index)")) }
+        // Section 0 holds the count and the name table's index when they do not fit the header.
+        let section0 = shoff == 0 ? nil : try? r.range(shoff, 64, "section 0")
+        if shnum == 0 && shoff != 0 {
+            guard let h = section0 else { throw .truncated(file: name, what: "section 0 (the section count)", offset: shoff, size: bytes.count) }
+            shnum = try r.int(try r.le(h.lowerBound + 32, as: UInt64.self, "section 0 sh_size (the section count)"), "section count")
+        }
+        if shstrndx == Int(ELF.SHN_XINDEX) && shoff != 0 {
+            guard let h = section0 else { throw .truncated(file: name, what: "section 0 (the name table index)", offset: shoff, size: bytes.count) }
+            shstrndx = Int(try r.le(h.lowerBound + 40, as: UInt32.self, "section 0 sh_link (the name table index)"))
+        }
         guard shnum == 0 || shentsize == 64 else { throw .malformed(file: name, what: "section header size \(shentsize), expected 64") }
         guard shnum <= Self.maxSections else {
-            throw .malformed(file: name, what: "\(shnum) sections exceed the \(Self.maxSections) a file may have (ELFFile.maxSections)")
+            throw .unsupported(file: name, what: "\(shnum) sections: more than \(Self.maxSections) (ELFFile.maxSections) need extended section indexes (SHN_XINDEX), which this reader does not support")
         }
         _ = try r.range(shoff, shnum * 64, "\(shnum) section headers")
         struct Raw { var nameOffset: Int; var type: UInt32; var flags: UInt64; var addr: UInt64; var offset: Int; var size: Int
@@ -140,14 +148,12 @@ public struct ELFFile: Sendable {
         }
         var sections: [ELFSection] = []
         sections.reserveCapacity(shnum)
+        var names = NameTable(fileSize: bytes.count)
         for (i, raw) in raws.enumerated() {
             var sectionName = ""
             if shnum > 0 {
                 let table = raws[shstrndx]
-                guard raw.nameOffset < table.size else {
-                    throw .malformed(file: name, what: "section \(i) name offset \(raw.nameOffset) is outside the name table")
-                }
-                sectionName = try r.cString(table.offset + raw.nameOffset, limit: table.offset + table.size)
+                sectionName = try names.name(r, at: raw.nameOffset, in: table.offset..<(table.offset + table.size), "section \(i)")
             }
             sections.append(ELFSection(index: i, name: sectionName, type: raw.type, flags: raw.flags, address: raw.addr,
                                        offset: raw.offset, size: raw.size, link: raw.link, info: raw.info,
@@ -166,30 +172,16 @@ public struct ELFFile: Sendable {
             guard strtab.hasFileBytes else { throw .malformed(file: name, what: "the string table of .symtab (section \(strtab.index)) has no bytes in the file") }
             guard symtab.size % 24 == 0 else { throw .malformed(file: name, what: ".symtab size \(symtab.size) is not a multiple of 24") }
             // Names may overlap in the string table: each offset is decoded once, and what all names
-            // take together is bounded by the file's size (symbols x name length could be quadratic).
-            var names: [Int: String] = [:]
-            var nameBytes = 0
-            let nameLimit = Self.nameBytesPerFileByte * bytes.count + (1 << 20)
+            // (sections' and symbols') take together is bounded by the file's size.
+            let strings = strtab.offset..<(strtab.offset + strtab.size)
             for i in 0..<(symtab.size / 24) {
                 let s = symtab.offset + i * 24
                 let nameOffset = Int(try r.le(s, as: UInt32.self))
-                var symName = ""
-                if nameOffset != 0 {
-                    if let known = names[nameOffset] {
-                        symName = known
-                    } else {
-                        guard nameOffset < strtab.size else {
-                            throw ELFError.malformed(file: name, what: "symbol \(i) name offset \(nameOffset) is outside its string table")
-                        }
-                        symName = try r.cString(strtab.offset + nameOffset, limit: strtab.offset + strtab.size)
-                        nameBytes += symName.utf8.count
-                        guard nameBytes <= nameLimit else {
-                            throw ELFError.malformed(file: name, what: "symbol names take more than \(nameLimit) bytes in all (ELFFile.nameBytesPerFileByte = \(Self.nameBytesPerFileByte) per byte of the file)")
-                        }
-                        names[nameOffset] = symName
-                    }
-                }
+                let symName = nameOffset == 0 ? "" : try names.name(r, at: nameOffset, in: strings, "symbol \(i)")
                 let shndx: UInt16 = try r.le(s + 6)
+                if shndx == ELF.SHN_XINDEX {
+                    throw .unsupported(file: name, what: "symbol '\(symName)' has an extended section index (SHN_XINDEX)")
+                }
                 if shndx != ELF.SHN_UNDEF && shndx < ELF.SHN_LORESERVE && Int(shndx) >= sections.count {
                     throw .badIndex(file: name, what: "section of symbol '\(symName)'", index: Int(shndx), count: sections.count)
                 }
@@ -198,13 +190,23 @@ public struct ELFFile: Sendable {
             }
         }
         self.symbols = symbols
+        // The tables this reader interprets may not share bytes: one relocation table or group body
+        // described by thousands of headers would be read once per header (memory and time
+        // quadratic in the file's size).
+        let interpreted = sections.filter { [ELF.SHT_REL, ELF.SHT_RELA, ELF.SHT_SYMTAB, ELF.SHT_GROUP].contains($0.type) && $0.size > 0 }
+            .sorted { ($0.offset, $0.index) < ($1.offset, $1.index) }
+        for (a, b) in zip(interpreted, interpreted.dropFirst()) where b.offset < a.offset + a.size {
+            throw .malformed(file: name, what: "sections \(a.index) (\(a.name)) and \(b.index) (\(b.name)) share file bytes at offset \(b.offset)")
+        }
         var relocationSections: [Int: [Int]] = [:]
         for s in sections where s.type == ELF.SHT_REL || s.type == ELF.SHT_RELA { relocationSections[Int(s.info), default: []].append(s.index) }
         self.relocationSections = relocationSections
     }
 
-    /// The most sections a file may have (headers are 64 bytes each, so the file bounds it too).
-    public static let maxSections = 1 << 20
+    /// The most sections a file may have: 65,279, below the reserved indexes (SHN_LORESERVE), so a
+    /// symbol's section index is never both a real section and a special one (SHN_ABS, SHN_COMMON...).
+    /// Extended section indexes (SHN_XINDEX, `.symtab_shndx`) are not supported.
+    public static let maxSections = Int(ELF.SHN_LORESERVE) - 1
 
     /// Bytes of distinct symbol names a file may decode per byte of its own size (plus 1 MiB): a
     /// bound on the memory names take, however the string table is shared.

@@ -64,3 +64,35 @@ public struct ELFReader: Sendable {
         return String(decoding: bytes[at..<end], as: UTF8.self)
     }
 }
+
+/// Names read from one file's string tables, each offset decoded once, with what all of them take
+/// together bounded (`limit` bytes): names may overlap in a table, so decoding one String per
+/// reference could take memory quadratic in the file's size.
+struct NameTable {
+    private var names: [Int: String] = [:]
+    private var bytes = 0
+    let limit: Int
+
+    /// A budget of `ELFFile.nameBytesPerFileByte` bytes per byte of a `fileSize`-byte file, plus 1 MiB.
+    init(fileSize: Int) { limit = ELFFile.nameBytesPerFileByte * fileSize + (1 << 20) }
+
+    /// The string at `table.lowerBound + offset`, which must start and end inside `table`.
+    mutating func name(_ r: ELFReader, at offset: Int, in table: Range<Int>, _ what: @autoclosure () -> String) throws(ELFError) -> String {
+        guard offset >= 0, offset < table.count else {
+            throw .malformed(file: r.file, what: "\(what()) name offset \(offset) is outside its string table (\(table.count) bytes)")
+        }
+        return try intern(table.lowerBound + offset, file: r.file) { () throws(ELFError) in try r.cString(table.lowerBound + offset, limit: table.upperBound) }
+    }
+
+    /// The name known by `key` (a file offset), made by `make` the first time only.
+    mutating func intern(_ key: Int, file: String, _ make: () throws(ELFError) -> String) throws(ELFError) -> String {
+        if let known = names[key] { return known }
+        let s = try make()
+        bytes += s.utf8.count
+        guard bytes <= limit else {
+            throw .malformed(file: file, what: "names take more than \(limit) bytes in all (ELFFile.nameBytesPerFileByte = \(ELFFile.nameBytesPerFileByte) per byte of the file)")
+        }
+        names[key] = s
+        return s
+    }
+}

@@ -47,12 +47,15 @@ enum Inputs {
         }
         guard !archives.isEmpty else { return objects }
         var taken = Set<String>()  // "archive#member offset"
+        // Kept up to date as members are pulled (a chain of N members takes N passes: recomputing
+        // the sets on each pass was quadratic).
+        var symbols = SymbolSets { name in archives.contains { $0.symbolIndex[name] != nil } }
+        for o in objects { symbols.add(o) }
         var progress = true
         while progress {
             progress = false
-            let (defined, undefined) = symbolSets(objects)
             for archive in archives {
-                for symbol in undefined.subtracting(defined).sorted() {
+                for symbol in symbols.unresolved.sorted() where symbols.unresolved.contains(symbol) {
                     guard let m = archive.symbolIndex[symbol] else { continue }
                     let key = "\(archive.name)#\(archive.members[m].headerOffset)"
                     guard !taken.contains(key) else { continue }
@@ -64,6 +67,7 @@ enum Inputs {
                     } catch {
                         throw .elf(error)
                     }
+                    symbols.add(objects[objects.count - 1])
                     progress = true
                 }
             }
@@ -72,14 +76,22 @@ enum Inputs {
     }
 
     /// Global symbols defined and referenced (undefined, not weak) by the objects.
-    static func symbolSets(_ objects: [InputObject]) -> (Set<String>, Set<String>) {
-        var defined = Set<String>(), undefined = Set<String>()
-        for o in objects {
-            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty {
-                if s.isUndefined { if !s.isWeak { undefined.insert(s.name) } } else { defined.insert(s.name) }
+    struct SymbolSets {
+        var defined = Set<String>()
+        /// Referenced (undefined, not weak), not defined by any object so far, and defined by a
+        /// member of an archive (the others, host symbols say, are resolved later, not here).
+        var unresolved = Set<String>()
+        let pullable: (String) -> Bool
+
+        mutating func add(_ o: InputObject) {
+            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && !s.isUndefined {
+                defined.insert(s.name)
+                unresolved.remove(s.name)
+            }
+            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && s.isUndefined && !s.isWeak && !defined.contains(s.name) && pullable(s.name) {
+                unresolved.insert(s.name)
             }
         }
-        return (defined, undefined)
     }
 }
 

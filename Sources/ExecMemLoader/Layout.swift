@@ -125,7 +125,10 @@ struct Layout {
         for c in commons {
             let obj = objects[c.object], sym = obj.elf.symbols[c.symbol]
             let a = try Self.alignment(sym.value, "COMMON symbol \(sym.name)", object: obj.name)
-            zeroFill.append((nil, SymbolKey(object: c.object, symbol: c.symbol), .data, Int(clamping: sym.size), a, "COMMON symbol \(sym.name)", obj.name))
+            guard let bytes = Int(exactly: sym.size) else {
+                throw .badInput(object: obj.name, reason: "COMMON symbol \(sym.name) has size \(sym.size), more than a module may take")
+            }
+            zeroFill.append((nil, SymbolKey(object: c.object, symbol: c.symbol), .data, bytes, a, "COMMON symbol \(sym.name)", obj.name))
         }
         // Refuse an oversized module now, before any GOT or veneer planning: every zero-filled item
         // at its worst alignment on top of the file bytes.

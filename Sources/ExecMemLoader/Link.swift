@@ -150,6 +150,11 @@ struct Link {
                 if !section.hasFileBytes, let r = relocations.first {
                     throw .badInput(object: obj.name, reason: "relocation \(Relocation.name(r.type)) at offset \(r.offset) of NOBITS section \(section.name): it has no bytes to relocate")
                 }
+                // Thread-local images are copied as they are in the file: a relocation in one
+                // (`__thread int *p = &x;`) would be left undone, so it is refused, not ignored.
+                if layout.tls[Layout.SectionKey(object: o, section: section.index)] != nil, let r = relocations.first(where: { $0.type != 0 }) {
+                    throw .unsupportedRelocation(object: obj.name, section: section.name, offset: r.offset, type: r.type)
+                }
                 if !relocations.isEmpty { objects[o].relocations[section.index] = relocations }
                 for r in relocations where r.type != 0 {
                     let sym = obj.elf.symbols[r.symbolIndex]

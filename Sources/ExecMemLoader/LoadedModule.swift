@@ -44,7 +44,11 @@ public final class LoadedModule: @unchecked Sendable {
         try link.layout.placeZeroFill()
         // Memory per type.
         var allocated: [Bucket: Allocation] = [:]
-        func freeAll() { for a in allocated.values { try? allocator.free(a) } }
+        var tlsTaken: (at: Int, bytes: Int)? = nil
+        func freeAll() {
+            for a in allocated.values { try? allocator.free(a) }
+            if let t = tlsTaken { TLSArena.giveBack(at: t.at, bytes: t.bytes) }
+        }
         for b in Bucket.allCases where link.layout.size[b.rawValue] > 0 {
             do {
                 allocated[b] = try allocator.allocate(b.kind, size: link.layout.size[b.rawValue], alignment: max(16, link.layout.alignment[b.rawValue]))
@@ -56,6 +60,7 @@ public final class LoadedModule: @unchecked Sendable {
         // Thread-local storage.
         if link.layout.tlsSize > 0 {
             do { link.tlsBase = try TLSArena.take(link.layout.tlsSize, alignment: link.layout.tlsAlignment) } catch { freeAll(); throw error }
+            tlsTaken = (link.tlsBase, link.layout.tlsSize)
         }
         let base = Bucket.allCases.map { allocated[$0]?.address ?? 0 }
         let addresses = Link.Addresses(base: base, gotAddress: base[Bucket.rodata.rawValue] + UInt(link.gotOffset),

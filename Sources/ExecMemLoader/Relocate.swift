@@ -139,9 +139,10 @@ extension Link {
                 throw .badInput(object: obj.name, reason: "\(Relocation.name(r.type)) at \(section.name)+0x\(String(r.offset, radix: 16)) runs past the section")
             }
         }
-        func addend(_ n: Int) -> Int64 {
+        func addend(_ n: Int) throws(LoaderError) -> Int64 {
             if let e = r.addend { return e }
-            var v: Int64 = 0  // REL: the addend is in place
+            try width(n)  // REL: the addend is in place, and must lie in the section
+            var v: Int64 = 0
             for i in 0..<n { v |= Int64(images[bucket.rawValue][at + i]) << (8 * i) }
             return n == 4 ? Int64(Int32(truncatingIfNeeded: v)) : v
         }
@@ -165,7 +166,7 @@ extension Link {
         case Relocation.R_64:
             try put64(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(8))
         case Relocation.PC32, Relocation.PLT32:
-            let A = addend(4)
+            let A = try addend(4)
             let S = try symbolValue(o, r.symbolIndex, a)
             let direct = i64(S) &+ A &- i64(P)
             if Int32(exactly: direct) == nil, case let .global(n) = id, let v = veneers[n] {

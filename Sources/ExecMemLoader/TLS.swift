@@ -25,6 +25,12 @@ enum TLSArena {
         return try r.get()
     }
 
+    /// Returns a piece a load took and then failed with, when nothing was taken after it (the arena
+    /// is a bump allocator: pieces of loaded modules last as long as the process).
+    static func giveBack(at offset: Int, bytes: Int) {
+        used.withLock { u in if u == offset + bytes { u = offset } }
+    }
+
     /// The calling thread's copy of the arena.
     static var base: UnsafeMutableRawPointer { cem_tls_arena() }
 

@@ -93,10 +93,15 @@ public struct DataSet: Sendable {
         return out
     }
 
-    static func int(_ row: [String: String], _ key: String, file: String, line: Int) throws(SimError) -> Int {
+    /// The most a size column may hold: a section of 1 GiB (the loader's module limit), or a BPF
+    /// program of 1,000,000 instructions (the verifier's); sums and page counts stay far from overflow.
+    static let maxBytes = 1 << 30, maxInstructions = 1_000_000
+
+    static func int(_ row: [String: String], _ key: String, file: String, line: Int, limit: Int = maxBytes) throws(SimError) -> Int {
         guard let s = row[key], let v = Int(s), v >= 0 else {
             throw .data(file: file, line: line, reason: "column '\(key)' is '\(row[key] ?? "")', not a byte count")
         }
+        guard v <= limit else { throw .data(file: file, line: line, reason: "column '\(key)' is \(v), more than the \(limit) the simulator takes") }
         return v
     }
 
@@ -124,7 +129,7 @@ public struct DataSet: Sendable {
 
     static func parseBPF(_ text: String, file: String) throws(SimError) -> [Int] {
         try rows(text, file: file, required: ["insn_slots"]).map { (line, r) throws(SimError) -> Int in
-            let v = try int(r, "insn_slots", file: file, line: line)
+            let v = try int(r, "insn_slots", file: file, line: line, limit: maxInstructions)
             guard v > 0 else { throw .data(file: file, line: line, reason: "a program of 0 instructions") }
             return v
         }
