@@ -63,12 +63,15 @@ public struct Archive: Sendable {
                     guard let offset = Int(memberName.dropFirst()), offset >= 0, offset < longNames.count else {
                         throw .archive(file: name, what: "long name offset '\(memberName.dropFirst())' at \(at) is outside the // table (\(longNames.count) bytes)")
                     }
+                    // The trailing "/" goes here, once: removing it from a shared String would copy it.
                     memberName = try names.intern(offset, file: name) {
-                        let end = longNames[offset...].firstIndex(of: 0x0A) ?? longNames.count
+                        var end = longNames[offset...].firstIndex(of: 0x0A) ?? longNames.count
+                        if end > offset && longNames[end - 1] == 0x2F { end -= 1 }
                         return String(decoding: longNames[offset..<end], as: UTF8.self)
                     }
+                } else if memberName.hasSuffix("/") {
+                    memberName.removeLast()
                 }
-                if memberName.hasSuffix("/") { memberName.removeLast() }
                 members.append(ArchiveMember(name: memberName, headerOffset: at, bytes: data))
             }
             at += 60 + size

@@ -136,6 +136,8 @@ func smallConfiguration() -> SimConfiguration {
             (header + "m,1,2,3,4,5,6,7\nn,1,2,3,-4,5,6,7\n", 3, "column 'data' is '-4'"),
             ("module,text\nm,1\n", 1, "missing column 'rodata'"),
             (header, 2, "no rows"),
+            // Sizes that would overflow the simulator's sums and page counts (they trapped).
+            (header + "m,9223372036854775807,2,3,4,5,6,7\n", 2, "column 'text' is 9223372036854775807, more than the 1073741824"),
         ]
         for (text, line, reason) in cases {
             try text.write(toFile: dir + "/modules.csv", atomically: true, encoding: .utf8)
