@@ -24,8 +24,8 @@ public struct Archive: Sendable {
         self.name = name
         guard Archive.isArchive(bytes) else { throw .archive(file: name, what: "missing the !<arch> magic") }
         var members: [ArchiveMember] = []
-        var longNames: [UInt8] = []
-        var names = NameTable(fileSize: bytes.count)  // long names and BSD symbol names, each decoded once
+        var longNames: [UInt8] = [], longNamesAt = 0  // the // table and where its bytes are in the file
+        var names = NameTable(budget: ELFNameBudget(inputBytes: bytes.count))  // long and BSD symbol names, each decoded once
         var gnuSymbols: [(String, Int)] = []
         var bsdSymbols: [(String, Int)] = [], bsdRepeated: [Int] = []
         var at = 8
@@ -56,15 +56,17 @@ public struct Archive: Sendable {
                 gnuSymbols = try Archive.gnuSymbolTable(data, wide: memberName == "/SYM64/", file: name)
             } else if memberName == "//" {
                 longNames = data
+                longNamesAt = dataStart
             } else if memberName.hasPrefix("__.SYMDEF") {
-                (bsdSymbols, bsdRepeated) = try Archive.bsdSymbolTable(data, file: name, names: &names)
+                (bsdSymbols, bsdRepeated) = try Archive.bsdSymbolTable(data, at: dataStart, file: name, names: &names)
             } else {
                 if memberName.hasPrefix("/"), memberName.count > 1 {  // GNU long name
                     guard let offset = Int(memberName.dropFirst()), offset >= 0, offset < longNames.count else {
                         throw .archive(file: name, what: "long name offset '\(memberName.dropFirst())' at \(at) is outside the // table (\(longNames.count) bytes)")
                     }
                     // The trailing "/" goes here, once: removing it from a shared String would copy it.
-                    memberName = try names.intern(offset, file: name) {
+                    // Keys are file offsets (a second // table is other bytes, so other names).
+                    memberName = try names.intern(longNamesAt + offset, file: name) {
                         var end = longNames[offset...].firstIndex(of: 0x0A) ?? longNames.count
                         if end > offset && longNames[end - 1] == 0x2F { end -= 1 }
                         return String(decoding: longNames[offset..<end], as: UTF8.self)
@@ -110,7 +112,7 @@ public struct Archive: Sendable {
 
     /// BSD: a little-endian byte count of (name offset, member offset) pairs, the pairs, a string
     /// table size, the strings.
-    static func bsdSymbolTable(_ d: [UInt8], file: String, names: inout NameTable) throws(ELFError) -> (symbols: [(String, Int)], repeatedMembers: [Int]) {
+    static func bsdSymbolTable(_ d: [UInt8], at fileOffset: Int, file: String, names: inout NameTable) throws(ELFError) -> (symbols: [(String, Int)], repeatedMembers: [Int]) {
         let r = ELFReader(d, file: file)
         let ranlibBytes = Int(try r.le(0, as: UInt32.self))
         guard ranlibBytes % 8 == 0, d.count >= 8, ranlibBytes <= d.count - 8 else { throw .archive(file: file, what: "bad __.SYMDEF size \(ranlibBytes)") }
@@ -124,8 +126,9 @@ public struct Archive: Sendable {
             let nameOffset = Int(try r.le(4 + i * 8, as: UInt32.self))
             let member = Int(try r.le(8 + i * 8, as: UInt32.self))
             guard seen.insert(nameOffset).inserted else { repeated.append(member); continue }
-            // Entries may share a name: decoded once (negative keys: this table, not the // one's offsets).
-            let symbol = try names.intern(-1 - (stringsAt + nameOffset), file: file) { () throws(ELFError) in
+            // Entries may share a name: decoded once. Keys are file offsets, negated: NUL-terminated
+            // strings, not the // table's newline-terminated ones, even at the same offset.
+            let symbol = try names.intern(-1 - (fileOffset + stringsAt + nameOffset), file: file) { () throws(ELFError) in
                 try r.cString(stringsAt + nameOffset, limit: stringsAt + stringsSize)
             }
             out.append((symbol, member))

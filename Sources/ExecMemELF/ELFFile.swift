@@ -86,8 +86,16 @@ public struct ELFFile: Sendable {
     /// Section index -> the REL/RELA sections that apply to it.
     private let relocationSections: [Int: [Int]]
 
-    /// Parses an ELF64 little-endian file. `machine`, when given, must match.
+    /// Parses an ELF64 little-endian file. `machine`, when given, must match. Its names may take
+    /// `nameBytesPerFileByte` bytes per byte of the file (plus 1 MiB).
     public init(bytes: [UInt8], name: String, machine expected: UInt16? = nil) throws(ELFError) {
+        var budget = ELFNameBudget(inputBytes: bytes.count)
+        try self.init(bytes: bytes, name: name, machine: expected, names: &budget)
+    }
+
+    /// Parses an ELF64 file whose names are charged to `budget`, shared with other files (the
+    /// members of archives one load pulls in, say).
+    public init(bytes: [UInt8], name: String, machine expected: UInt16? = nil, names budget: inout ELFNameBudget) throws(ELFError) {
         self.name = name
         self.bytes = bytes
         let r = ELFReader(bytes, file: name)
@@ -148,7 +156,8 @@ public struct ELFFile: Sendable {
         }
         var sections: [ELFSection] = []
         sections.reserveCapacity(shnum)
-        var names = NameTable(fileSize: bytes.count)
+        var names = NameTable(budget: budget)
+        defer { budget = names.budget }
         for (i, raw) in raws.enumerated() {
             var sectionName = ""
             if shnum > 0 {
@@ -190,10 +199,12 @@ public struct ELFFile: Sendable {
             }
         }
         self.symbols = symbols
-        // The tables this reader interprets may not share bytes: one relocation table or group body
-        // described by thousands of headers would be read once per header (memory and time
-        // quadratic in the file's size).
-        let interpreted = sections.filter { [ELF.SHT_REL, ELF.SHT_RELA, ELF.SHT_SYMTAB, ELF.SHT_GROUP].contains($0.type) && $0.size > 0 }
+        // The tables this reader interprets, and the sections a loader copies, may not share bytes:
+        // one relocation table, group body or data section described by thousands of headers would
+        // be read (or copied) once per header, memory and time quadratic in the file's size.
+        let interpreted = sections.filter {
+            ([ELF.SHT_REL, ELF.SHT_RELA, ELF.SHT_SYMTAB, ELF.SHT_GROUP].contains($0.type) || ($0.isAllocated && $0.hasFileBytes)) && $0.size > 0
+        }
             .sorted { ($0.offset, $0.index) < ($1.offset, $1.index) }
         for (a, b) in zip(interpreted, interpreted.dropFirst()) where b.offset < a.offset + a.size {
             throw .malformed(file: name, what: "sections \(a.index) (\(a.name)) and \(b.index) (\(b.name)) share file bytes at offset \(b.offset)")
@@ -210,7 +221,7 @@ public struct ELFFile: Sendable {
 
     /// Bytes of distinct symbol names a file may decode per byte of its own size (plus 1 MiB): a
     /// bound on the memory names take, however the string table is shared.
-    public static let nameBytesPerFileByte = 16
+    public static let nameBytesPerFileByte = 4
 
     /// The bytes of a section (empty for NOBITS).
     public func contents(_ section: ELFSection) -> ArraySlice<UInt8> {

@@ -65,16 +65,31 @@ public struct ELFReader: Sendable {
     }
 }
 
-/// Names read from one file's string tables, each offset decoded once, with what all of them take
-/// together bounded (`limit` bytes): names may overlap in a table, so decoding one String per
-/// reference could take memory quadratic in the file's size.
+/// What the names of a set of inputs (one file, or every object of one load) may take together:
+/// `ELFFile.nameBytesPerFileByte` bytes per byte of input, plus 1 MiB. A value type: pass it
+/// `inout` to the readers that share it.
+public struct ELFNameBudget: Sendable {
+    /// Bytes still available.
+    public internal(set) var remaining: Int
+    /// The whole budget, for error messages.
+    public let limit: Int
+
+    /// The budget of inputs of `inputBytes` bytes in all.
+    public init(inputBytes: Int) {
+        let (scaled, overflow) = ELFFile.nameBytesPerFileByte.multipliedReportingOverflow(by: max(0, inputBytes))
+        limit = overflow ? Int.max / 2 : min(Int.max / 2, scaled + (1 << 20))
+        remaining = limit
+    }
+}
+
+/// Names read from one file's string tables, each offset decoded once, charged to a budget: names
+/// may overlap in a table, so decoding one String per reference could take memory quadratic in the
+/// file's size.
 struct NameTable {
     private var names: [Int: String] = [:]
-    private var bytes = 0
-    let limit: Int
+    var budget: ELFNameBudget
 
-    /// A budget of `ELFFile.nameBytesPerFileByte` bytes per byte of a `fileSize`-byte file, plus 1 MiB.
-    init(fileSize: Int) { limit = ELFFile.nameBytesPerFileByte * fileSize + (1 << 20) }
+    init(budget: ELFNameBudget) { self.budget = budget }
 
     /// The string at `table.lowerBound + offset`, which must start and end inside `table`.
     mutating func name(_ r: ELFReader, at offset: Int, in table: Range<Int>, _ what: @autoclosure () -> String) throws(ELFError) -> String {
@@ -88,9 +103,9 @@ struct NameTable {
     mutating func intern(_ key: Int, file: String, _ make: () throws(ELFError) -> String) throws(ELFError) -> String {
         if let known = names[key] { return known }
         let s = try make()
-        bytes += s.utf8.count
-        guard bytes <= limit else {
-            throw .malformed(file: file, what: "names take more than \(limit) bytes in all (ELFFile.nameBytesPerFileByte = \(ELFFile.nameBytesPerFileByte) per byte of the file)")
+        budget.remaining -= s.utf8.count
+        guard budget.remaining >= 0 else {
+            throw .malformed(file: file, what: "names take more than \(budget.limit) bytes in all (ELFFile.nameBytesPerFileByte = \(ELFFile.nameBytesPerFileByte) per byte of input)")
         }
         names[key] = s
         return s

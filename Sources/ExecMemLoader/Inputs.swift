@@ -31,12 +31,15 @@ enum Inputs {
     static func resolve(_ inputs: [LoaderInput]) throws(LoaderError) -> [InputObject] {
         var objects: [InputObject] = []
         var archives: [Archive] = []
+        // The names of every object of the load, given or pulled from an archive, share one budget
+        // in proportion to the load's input bytes (each member's own would add 1 MiB per member).
+        var names = ELFNameBudget(inputBytes: inputs.reduce(0) { $0 + $1.bytes.count })
         for input in inputs {
             do {
                 if Archive.isArchive(input.bytes) {
                     archives.append(try Archive(bytes: input.bytes, name: input.name))
                 } else {
-                    objects.append(InputObject(name: input.name, elf: try ELFFile(bytes: input.bytes, name: input.name, machine: ELF.EM_X86_64)))
+                    objects.append(InputObject(name: input.name, elf: try ELFFile(bytes: input.bytes, name: input.name, machine: ELF.EM_X86_64, names: &names)))
                 }
             } catch {
                 throw .elf(error)
@@ -46,31 +49,35 @@ enum Inputs {
             throw .badInput(object: o.name, reason: "ELF type \(o.elf.type) is not a relocatable object (ET_REL)")
         }
         guard !archives.isEmpty else { return objects }
-        var taken = Set<String>()  // "archive#member offset"
-        // Kept up to date as members are pulled (a chain of N members takes N passes: recomputing
-        // the sets on each pass was quadratic).
+        // As ld does with a group: each archive is searched until it resolves nothing more (so a
+        // member's needs are met from its own archive first), then the next, round again while any
+        // archive has symbols it has not looked at. Each archive looks at each symbol once: one
+        // whose member was taken, or that it does not define, is never looked at by it again.
+        var taken = [Set<Int>](repeating: [], count: archives.count)  // member indexes pulled
+        var pending = [[String]](repeating: [], count: archives.count)
         var symbols = SymbolSets { name in archives.contains { $0.symbolIndex[name] != nil } }
+        symbols.onUnresolved = { name in for i in pending.indices { pending[i].append(name) } }
         for o in objects { symbols.add(o) }
-        var progress = true
-        while progress {
-            progress = false
-            for archive in archives {
-                for symbol in symbols.unresolved.sorted() where symbols.unresolved.contains(symbol) {
-                    guard let m = archive.symbolIndex[symbol] else { continue }
-                    let key = "\(archive.name)#\(archive.members[m].headerOffset)"
-                    guard !taken.contains(key) else { continue }
-                    taken.insert(key)
-                    let member = archive.members[m]
-                    let name = "\(archive.name)(\(member.name))"
-                    do {
-                        objects.append(InputObject(name: name, elf: try ELFFile(bytes: member.bytes, name: name, machine: ELF.EM_X86_64)))
-                    } catch {
-                        throw .elf(error)
-                    }
-                    symbols.add(objects[objects.count - 1])
-                    progress = true
+        for i in pending.indices { pending[i].sort() }
+        while let i = pending.indices.first(where: { !pending[$0].isEmpty }) {
+            var next = 0
+            while next < pending[i].count {
+                let symbol = pending[i][next]
+                next += 1
+                guard symbols.unresolved.contains(symbol), let m = archives[i].symbolIndex[symbol], taken[i].insert(m).inserted else { continue }
+                let member = archives[i].members[m]
+                // The member's name as errors show it, at most 256 bytes of it (a long name may be
+                // shared by many members; a copy each would not be).
+                let memberName = member.name.utf8.count > 256 ? String(member.name.prefix(256)) + "..." : member.name
+                let name = "\(archives[i].name)(\(memberName))"
+                do {
+                    objects.append(InputObject(name: name, elf: try ELFFile(bytes: member.bytes, name: name, machine: ELF.EM_X86_64, names: &names)))
+                } catch {
+                    throw .elf(error)
                 }
+                symbols.add(objects[objects.count - 1])
             }
+            pending[i] = []
         }
         return objects
     }
@@ -82,6 +89,8 @@ enum Inputs {
         /// member of an archive (the others, host symbols say, are resolved later, not here).
         var unresolved = Set<String>()
         let pullable: (String) -> Bool
+        /// Called for each symbol as it becomes unresolved.
+        var onUnresolved: (String) -> Void = { _ in }
 
         mutating func add(_ o: InputObject) {
             for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && !s.isUndefined {
@@ -89,7 +98,7 @@ enum Inputs {
                 unresolved.remove(s.name)
             }
             for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && s.isUndefined && !s.isWeak && !defined.contains(s.name) && pullable(s.name) {
-                unresolved.insert(s.name)
+                if unresolved.insert(s.name).inserted { onUnresolved(s.name) }
             }
         }
     }

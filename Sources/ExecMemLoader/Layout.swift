@@ -110,6 +110,11 @@ struct Layout {
                     continue
                 }
                 guard let b = Bucket.of(s) else { continue }
+                // Arrays of addresses read back after relocation: NOBITS ones would be all zeros,
+                // and reading a gigabyte of zeros as entries costs gigabytes.
+                if !s.hasFileBytes, [".init_array", ".fini_array", ".preinit_array", "__patchable_function_entries"].contains(where: { s.name.hasPrefix($0) }) {
+                    throw .badInput(object: obj.name, reason: "\(s.name) is NOBITS: an array of addresses needs its bytes in the file")
+                }
                 if !s.hasFileBytes {
                     zeroFill.append((SectionKey(object: o, section: s.index), nil, b, s.size, a, "section \(s.name)", obj.name))
                     zeroFillSections.insert(SectionKey(object: o, section: s.index))

@@ -86,7 +86,11 @@ struct Link {
                     do throws(ELFError) { words.append(try r.le(at, as: UInt32.self, "word of section group \(g.name)")) } catch { throw .elf(error) }
                 }
                 let flags = words[0]
-                let signature = elf.symbols[Int(g.info)].name
+                // gas names a group after a section symbol (no name of its own) when the signature
+                // is the section's name: the signature is then that section's name, as ld takes it.
+                let key = elf.symbols[Int(g.info)]
+                let signature = key.type == ELF.STT_SECTION && key.name.isEmpty && Int(key.sectionIndex) < elf.sections.count
+                    ? elf.sections[Int(key.sectionIndex)].name : key.name
                 if flags & 1 == 1 && !seen.insert(signature).inserted {
                     for m in words.dropFirst() { objects[o].excluded.insert(Int(m)) }
                 }

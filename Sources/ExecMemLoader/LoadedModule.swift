@@ -115,6 +115,9 @@ public final class LoadedModule: @unchecked Sendable {
         // Exports: every global definition.
         var exported: [String: UInt] = [:]
         for (n, d) in link.globals where !link.isTLS(d.object, d.symbol) {
+            // Not what lives in init memory: it is freed once init has run.
+            let section = Int(link.objects[d.object].elf.symbols[d.symbol].sectionIndex)
+            if link.layout.place[Layout.SectionKey(object: d.object, section: section)]?.0.isInit == true { continue }
             do throws(LoaderError) { exported[n] = try link.symbolValue(d.object, d.symbol, addresses) } catch { freeAll(); throw error }
         }
         symbols = exported
@@ -149,12 +152,15 @@ public final class LoadedModule: @unchecked Sendable {
             let entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
             if p.section.hasPrefix(".fini_array") { fini += entries } else { initFunctions += entries }
         }
-        // Constructors and destructors are addresses in the module's text, or the file is wrong.
-        for f in initFunctions + fini where f != 0 && f != UInt.max {
-            guard let a = allocator.allocation(containing: f), allocated.values.contains(where: { $0.address == a.address }), a.type == .text else {
+        // Constructors are addresses in the module's text, destructors in its core text (init text
+        // is freed before they run), or the file is wrong.
+        for (f, isDestructor) in initFunctions.map({ ($0, false) }) + fini.map({ ($0, true) }) where f != 0 && f != UInt.max {
+            let core = allocated[.text].map { [$0] } ?? []
+            let allowed = isDestructor ? core : core + (allocated[.initText].map { [$0] } ?? [])
+            guard let a = allocator.allocation(containing: f), allowed.contains(where: { $0.address == a.address }) else {
                 loader.unregister(exportID)
                 freeAll()
-                throw .badInput(object: name, reason: "a constructor or destructor at 0x\(String(f, radix: 16)) is not in the module's text")
+                throw .badInput(object: name, reason: "a \(isDestructor ? "destructor" : "constructor") at 0x\(String(f, radix: 16)) is not in the module's \(isDestructor ? "core " : "")text")
             }
         }
         finiFunctions = runsCode ? fini : []

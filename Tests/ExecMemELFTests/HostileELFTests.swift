@@ -44,6 +44,17 @@ struct TinyELF {
         }
     }
 
+    /// Files read with one budget share it: the members one load pulls from an archive each had a
+    /// name budget of their own (1 MiB each: a 12 MB archive of 1,000 members took 1.2 GB).
+    @Test func filesOfOneLoadShareOneNameBudget() throws {
+        var budget = ELFNameBudget(inputBytes: 0)
+        let one = try ELFFile(bytes: TinyELF().bytes, name: "t.o").sections.reduce(0) { $0 + $1.name.utf8.count }
+        for _ in 0..<10 { _ = try ELFFile(bytes: TinyELF().bytes, name: "t.o", names: &budget) }
+        #expect(one > 0 && budget.remaining == budget.limit - 10 * one)
+        budget.remaining = one - 1
+        #expect(throws: ELFError.self) { try ELFFile(bytes: TinyELF().bytes, name: "t.o", names: &budget) }
+    }
+
     @Test func theTinyObjectIsValid() throws {
         let f = try ELFFile(bytes: TinyELF().bytes, name: "tiny.o")
         #expect(f.sections.map(\.name) == ["", ".text", ".shstrtab"])
