@@ -219,8 +219,9 @@ public struct ELFFile: Sendable {
     /// Extended section indexes (SHN_XINDEX, `.symtab_shndx`) are not supported.
     public static let maxSections = Int(ELF.SHN_LORESERVE) - 1
 
-    /// Bytes of distinct symbol names a file may decode per byte of its own size (plus 1 MiB): a
-    /// bound on the memory names take, however the string table is shared.
+    /// Bytes of distinct names (sections', symbols', archives') the inputs of one budget
+    /// (`ELFNameBudget`) may decode per byte of input, plus 1 MiB: a bound on the memory names take,
+    /// however string tables are shared.
     public static let nameBytesPerFileByte = 4
 
     /// The bytes of a section (empty for NOBITS).
