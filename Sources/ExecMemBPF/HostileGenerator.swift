@@ -445,14 +445,8 @@ public struct BPFHostileGenerator {
 
     // MARK: - Registers, labels, encoding
 
-    mutating func random(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
-    mutating func imm() -> Int32 {
-        switch random(4) {
-        case 0: return Int32(random(16)) - 8
-        case 1: return [Int32.min, Int32.max, -1, 0, 1, 31, 32, 63, 64][random(9)]
-        default: return Int32(truncatingIfNeeded: rng.next())
-        }
-    }
+    mutating func random(_ n: Int) -> Int { rng.below(n) }
+    mutating func imm() -> Int32 { rng.immediate() }
     mutating func writable(except x: UInt8? = nil) -> UInt8 { pick(scope.writable, except: x) }
     mutating func readable(except x: UInt8? = nil) -> UInt8 { pick(scope.readable, except: x) }
     mutating func pick(_ from: [UInt8], except x: UInt8?) -> UInt8 {

@@ -25,14 +25,8 @@ public struct BPFProgramGenerator {
 
     public init(seed: UInt64) { rng = SplitMix64(state: seed) }
 
-    mutating func random(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
-    mutating func imm() -> Int32 {
-        switch random(4) {
-        case 0: return Int32(random(16)) - 8
-        case 1: return [Int32.min, Int32.max, -1, 0, 1, 31, 32, 63, 64][random(9)]
-        default: return Int32(truncatingIfNeeded: rng.next())
-        }
-    }
+    mutating func random(_ n: Int) -> Int { rng.below(n) }
+    mutating func imm() -> Int32 { rng.immediate() }
     /// Registers a program may write: r0-r8 (r9 holds the memory pointer, r10 is the frame).
     mutating func reg() -> UInt8 { UInt8(random(9)) }
 
@@ -236,4 +230,18 @@ public struct DifferentialTester {
 
 extension SplitMix64 {
     mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
+}
+
+extension SplitMix64 {
+    /// A number in `0..<n` (`n` > 0): what both program generators draw with.
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+
+    /// An immediate: small, a boundary value, or any 32 bits.
+    mutating func immediate() -> Int32 {
+        switch below(4) {
+        case 0: return Int32(below(16)) - 8
+        case 1: return [Int32.min, Int32.max, -1, 0, 1, 31, 32, 63, 64][below(9)]
+        default: return Int32(truncatingIfNeeded: next())
+        }
+    }
 }

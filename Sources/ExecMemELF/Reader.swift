@@ -66,8 +66,8 @@ public struct ELFReader: Sendable {
 }
 
 /// What the names of a set of inputs (one file, or every object of one load) may take together:
-/// `ELFFile.nameBytesPerFileByte` bytes per byte of input, plus 1 MiB. A value type: pass it
-/// `inout` to the readers that share it.
+/// `ELFFile.nameBytesPerFileByte` bytes per byte of input, plus 1 MiB. A `Sendable` value type:
+/// pass it `inout` to the readers that share it; threads that read in parallel each keep their own.
 public struct ELFNameBudget: Sendable {
     /// Bytes still available.
     public internal(set) var remaining: Int

@@ -111,31 +111,10 @@ private func limitAddressSpace(extra: Int) {
     setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit)
 }
 
-private func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
-
-/// A relocatable EM_BPF object: `.text` = `mov r0, 0; exit` with FUNC symbol `f`, then `extra`
-/// symbols (name offset, section index, value), a string table `strtab` (after "\0f\0") and,
-/// when `mapDef` is given, a `maps` section (index 5) holding that one `struct bpf_map_def`.
+/// `bpfObject` with `extra` symbols (sizes 0) and `strtab` after "\0f\0".
 private func object(extra: [(name: UInt32, section: UInt16, value: UInt64)], strtab extraStrings: [UInt8] = [],
                     mapDef: [UInt32]? = nil) -> [UInt8] {
-    let text: [UInt8] = [0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]
-    let shstr = Array("\0.text\0.symtab\0.strtab\0.shstrtab\0maps\0".utf8), strtab = Array("\0f\0".utf8) + extraStrings
-    var symtab = [UInt8](repeating: 0, count: 24) + le(UInt32(1)) + [0x12, 0] + le(UInt16(1)) + le(UInt64(0)) + le(UInt64(16))
-    for s in extra { symtab += le(s.name) + [0x11, 0] + le(s.section) + le(s.value) + le(UInt64(0)) }
-    let def = (mapDef ?? []).flatMap { le($0) } + [UInt8](repeating: 0, count: mapDef == nil ? 0 : 4)
-    var body: [UInt8] = [], offsets: [Int] = []
-    for blob in [text, symtab, strtab, shstr, def] { offsets.append(64 + body.count); body += blob }
-    func sh(_ name: UInt32, _ type: UInt32, _ flags: UInt64, _ off: Int, _ size: Int, link: UInt32 = 0, info: UInt32 = 0, entsize: UInt64 = 0) -> [UInt8] {
-        le(name) + le(type) + le(flags) + le(UInt64(0)) + le(UInt64(off)) + le(UInt64(size)) + le(link) + le(info) + le(UInt64(8)) + le(entsize)
-    }
-    let shoff = 64 + body.count
-    var headers = sh(0, 0, 0, 0, 0) + sh(1, 1, 6, offsets[0], text.count) + sh(7, 2, 0, offsets[1], symtab.count, link: 3, info: 1, entsize: 24)
-        + sh(15, 3, 0, offsets[2], strtab.count) + sh(23, 3, 0, offsets[3], shstr.count)
-    if mapDef != nil { headers += sh(33, 1, 3, offsets[4], def.count) }
-    let header: [UInt8] = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8) + le(UInt16(1)) + le(UInt16(247)) + le(UInt32(1))
-        + le(UInt64(0)) + le(UInt64(0)) + le(UInt64(shoff)) + le(UInt32(0)) + le(UInt16(64)) + le(UInt16(0)) + le(UInt16(0))
-        + le(UInt16(64)) + le(UInt16(mapDef == nil ? 5 : 6)) + le(UInt16(4))
-    return header + body + headers
+    bpfObject(symbols: extra.map { (name: $0.name, section: $0.section, value: $0.value, size: 0) }, strings: extraStrings, mapDef: mapDef)
 }
 
 extension RedTeam2Tests {

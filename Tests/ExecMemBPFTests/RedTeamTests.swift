@@ -228,28 +228,12 @@ private func expectSoundAndAgreeing(_ source: String, maps: [BPFMap], sourceLoca
 
     // MARK: - Finding 4 (crash): malformed ELF objects trap the loader
 
-    /// A minimal relocatable EM_BPF object: `.text` = `mov r0, 0; exit`, one FUNC symbol `f`, and
-    /// optionally a `maps` section holding one `struct bpf_map_def` (type, key, value, max entries).
+    /// A minimal relocatable EM_BPF object (`bpfObject`): FUNC symbol `f` at (`symbolSection`,
+    /// `symbolValue`), and optionally a `maps` section holding one `struct bpf_map_def` (type, key,
+    /// value, max entries) named by the symbol `mymap` at `mapSymbolValue`.
     static func elf(symbolValue: UInt64, symbolSection: UInt16, map: [UInt32]? = nil, mapSymbolValue: UInt64 = 0) -> [UInt8] {
-        func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
-        let text: [UInt8] = [0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]
-        let shstr = Array("\0.text\0.symtab\0.strtab\0.shstrtab\0maps\0".utf8), strtab = Array("\0f\0mymap\0".utf8)
-        var symtab = [UInt8](repeating: 0, count: 24) + le(UInt32(1)) + [0x12, 0] + le(symbolSection) + le(symbolValue) + le(UInt64(16))
-        if map != nil { symtab += le(UInt32(3)) + [0x11, 0] + le(UInt16(5)) + le(mapSymbolValue) + le(UInt64(20)) }
-        let mapDef = (map ?? []).flatMap { le($0) } + [UInt8](repeating: 0, count: map == nil ? 0 : 4)
-        var body: [UInt8] = [], offsets: [Int] = []
-        for blob in [text, symtab, strtab, shstr, mapDef] { offsets.append(64 + body.count); body += blob }
-        func sh(_ name: UInt32, _ type: UInt32, _ flags: UInt64, _ off: Int, _ size: Int, link: UInt32 = 0, info: UInt32 = 0, entsize: UInt64 = 0) -> [UInt8] {
-            le(name) + le(type) + le(flags) + le(UInt64(0)) + le(UInt64(off)) + le(UInt64(size)) + le(link) + le(info) + le(UInt64(8)) + le(entsize)
-        }
-        let shoff = 64 + body.count
-        var headers = sh(0, 0, 0, 0, 0) + sh(1, 1, 6, offsets[0], text.count) + sh(7, 2, 0, offsets[1], symtab.count, link: 3, info: 1, entsize: 24)
-            + sh(15, 3, 0, offsets[2], strtab.count) + sh(23, 3, 0, offsets[3], shstr.count)
-        if map != nil { headers += sh(33, 1, 3, offsets[4], mapDef.count) }
-        let header: [UInt8] = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8) + le(UInt16(1)) + le(UInt16(247)) + le(UInt32(1))
-            + le(UInt64(0)) + le(UInt64(0)) + le(UInt64(shoff)) + le(UInt32(0)) + le(UInt16(64)) + le(UInt16(0)) + le(UInt16(0))
-            + le(UInt16(64)) + le(UInt16(map == nil ? 5 : 6)) + le(UInt16(4))
-        return header + body + headers
+        bpfObject(entryValue: symbolValue, entrySection: symbolSection,
+                  symbols: map == nil ? [] : [(name: 3, section: 5, value: mapSymbolValue, size: 20)], strings: Array("mymap\0".utf8), mapDef: map)
     }
 
     @Test func theTestObjectsLoad() throws {

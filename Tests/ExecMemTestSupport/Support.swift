@@ -86,3 +86,8 @@ public func fuzzRegressions(_ target: String) -> [FuzzRegression] {
         return FuzzRegression(name: name, bytes: Array(bytes), expectedError: expected)
     }
 }
+
+/// What `body` throws, as text, or nil when it returns.
+public func errorText(_ body: () throws -> Void) -> String? {
+    do { try body(); return nil } catch { return "\(error)" }
+}
