@@ -60,7 +60,8 @@ public struct ELFSymbol: Sendable {
     public var isUndefined: Bool { sectionIndex == ELF.SHN_UNDEF }
     public var isCommon: Bool { sectionIndex == ELF.SHN_COMMON }
     public var isAbsolute: Bool { sectionIndex == ELF.SHN_ABS }
-    public var isGlobal: Bool { binding == ELF.STB_GLOBAL || binding == ELF.STB_WEAK }
+    /// Global, weak, or GNU unique (g++'s static locals of inline functions: one copy per process).
+    public var isGlobal: Bool { binding == ELF.STB_GLOBAL || binding == ELF.STB_WEAK || binding == ELF.STB_GNU_UNIQUE }
     public var isWeak: Bool { binding == ELF.STB_WEAK }
 }
 
@@ -295,6 +296,8 @@ public enum ELF {
     public static let STB_LOCAL: UInt8 = 0
     public static let STB_GLOBAL: UInt8 = 1
     public static let STB_WEAK: UInt8 = 2
+    /// GNU's unique global binding (STB_LOOS).
+    public static let STB_GNU_UNIQUE: UInt8 = 10
     public static let STT_NOTYPE: UInt8 = 0
     public static let STT_OBJECT: UInt8 = 1
     public static let STT_FUNC: UInt8 = 2

@@ -55,8 +55,10 @@ enum Inputs {
         // whose member was taken, or that it does not define, is never looked at by it again.
         var taken = [Set<Int>](repeating: [], count: archives.count)  // member indexes pulled
         var pending = [[String]](repeating: [], count: archives.count)
-        var symbols = SymbolSets { name in archives.contains { $0.symbolIndex[name] != nil } }
-        symbols.onUnresolved = { name in for i in pending.indices { pending[i].append(name) } }
+        let indexed = Set(archives.flatMap(\.symbolIndex.keys))
+        var symbols = SymbolSets { indexed.contains($0) }
+        // Only to the archives whose index names it: pending work is bounded by the indexes' sizes.
+        symbols.onUnresolved = { name in for i in archives.indices where archives[i].symbolIndex[name] != nil { pending[i].append(name) } }
         for o in objects { symbols.add(o) }
         for i in pending.indices { pending[i].sort() }
         while let i = pending.indices.first(where: { !pending[$0].isEmpty }) {
@@ -93,11 +95,14 @@ enum Inputs {
         var onUnresolved: (String) -> Void = { _ in }
 
         mutating func add(_ o: InputObject) {
-            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && !s.isUndefined {
+            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && !s.isUndefined && !s.isCommon {
                 defined.insert(s.name)
                 unresolved.remove(s.name)
             }
-            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && s.isUndefined && !s.isWeak && !defined.contains(s.name) && pullable(s.name) {
+            // A COMMON symbol is a tentative definition: as ld does, a member that really defines
+            // it is pulled (its definition then wins over the COMMON one).
+            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && (s.isUndefined && !s.isWeak || s.isCommon)
+                && !defined.contains(s.name) && pullable(s.name) {
                 if unresolved.insert(s.name).inserted { onUnresolved(s.name) }
             }
         }

@@ -58,7 +58,7 @@ struct Layout {
     /// sections and COMMON symbols follow them in the allocation's fresh (zeroed) memory, never built as images.
     var fileBytes = [Int](repeating: 0, count: Bucket.allCases.count)
     /// NOBITS sections and COMMON symbols waiting for `placeZeroFill`, after every `append`.
-    private var zeroFill: [(section: SectionKey?, symbol: SymbolKey?, bucket: Bucket, bytes: Int, alignment: Int, what: String, object: String)] = []
+    private var zeroFill: [(section: SectionKey?, symbol: SymbolKey?, bucket: Bucket, bytes: Int, alignment: Int, name: String, object: String)] = []
     private var zeroFillSections: Set<SectionKey> = []
     private var zeroFillPlaced = false
     /// Thread-local sections: (object, section) -> offset in the module's TLS image.
@@ -116,7 +116,7 @@ struct Layout {
                     throw .badInput(object: obj.name, reason: "\(s.name) is NOBITS: an array of addresses needs its bytes in the file")
                 }
                 if !s.hasFileBytes {
-                    zeroFill.append((SectionKey(object: o, section: s.index), nil, b, s.size, a, "section \(s.name)", obj.name))
+                    zeroFill.append((SectionKey(object: o, section: s.index), nil, b, s.size, a, s.name, obj.name))  // names shared, not copied
                     zeroFillSections.insert(SectionKey(object: o, section: s.index))
                     continue
                 }
@@ -133,18 +133,23 @@ struct Layout {
             guard let bytes = Int(exactly: sym.size) else {
                 throw .badInput(object: obj.name, reason: "COMMON symbol \(sym.name) has size \(sym.size), more than a module may take")
             }
-            zeroFill.append((nil, SymbolKey(object: c.object, symbol: c.symbol), .data, bytes, a, "COMMON symbol \(sym.name)", obj.name))
+            zeroFill.append((nil, SymbolKey(object: c.object, symbol: c.symbol), .data, bytes, a, sym.name, obj.name))
         }
         // Refuse an oversized module now, before any GOT or veneer planning: every zero-filled item
         // at its worst alignment on top of the file bytes.
         var total = size.reduce(0, +)
         for z in zeroFill {
-            total = try end(total, z.bytes, z.what, object: z.object)
-            total = try end(total, z.alignment - 1, z.what, object: z.object)
+            total = try end(total, z.bytes, Self.describe(z), object: z.object)
+            total = try end(total, z.alignment - 1, Self.describe(z), object: z.object)
         }
         guard total <= limit else {
             throw .badInput(object: objects.first?.name ?? "module", reason: "the module's sections take \(total) bytes, past \(Self.describe(limit)) (the most a module may take: ModuleLoader.moduleLimit)")
         }
+    }
+
+    /// How an error names a zero-filled item (made only for an error).
+    private static func describe(_ z: (section: SectionKey?, symbol: SymbolKey?, bucket: Bucket, bytes: Int, alignment: Int, name: String, object: String)) -> String {
+        z.section != nil ? "section \(z.name)" : "COMMON symbol \(z.name)"
     }
 
     /// Whether (object, section) is a NOBITS section that `placeZeroFill` places.
@@ -160,7 +165,7 @@ struct Layout {
             let at = Layout.align(size[z.bucket.rawValue], z.alignment)
             if let k = z.section { place[k] = (z.bucket, at) }
             if let k = z.symbol { common[k] = at }
-            size[z.bucket.rawValue] = try end(at, z.bytes, z.what, object: z.object)
+            size[z.bucket.rawValue] = try end(at, z.bytes, Self.describe(z), object: z.object)
             alignment[z.bucket.rawValue] = max(alignment[z.bucket.rawValue], z.alignment)
         }
         guard size.reduce(0, +) <= limit else {

@@ -24,6 +24,9 @@ public final class LoadedModule: @unchecked Sendable {
     /// Init memory freed after initialization, as it was.
     public let freedInitAllocations: [Allocation]
     private let finiFunctions: [UInt]
+    /// The module's `__dso_handle` (0 when it has none): what `__cxa_atexit` registered its exit
+    /// handlers (C++ globals' destructors) under, run by `__cxa_finalize` at unload.
+    private let dsoHandle: UInt
     private let loader: ModuleLoader
     private let exportID: Int
     private var unloaded = false
@@ -164,13 +167,17 @@ public final class LoadedModule: @unchecked Sendable {
             }
         }
         finiFunctions = runsCode ? fini : []
+        dsoHandle = runsCode ? addresses.dsoHandle : 0
         for f in initFunctions where runsCode && f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
         }
         // Init done: seal ro-after-init, free init memory (its holes go back to the allocator).
         if let ro = allocated[.roAfterInit] { try? allocator.seal(ro) }
         var freed: [Allocation] = []
-        for b in Bucket.allCases where b.isInit {
+        // Unless the module registers exit handlers: one registered from init code may be init code
+        // (as in Linux, init memory must not be reached after init; here it would run at unload).
+        let keepsInit = link.uses("__cxa_atexit") || link.uses("atexit") || link.uses("on_exit")
+        for b in Bucket.allCases where b.isInit && !keepsInit {
             if let a = allocated.removeValue(forKey: b) { try? allocator.free(a); freed.append(a) }
         }
         freedInitAllocations = freed
@@ -198,6 +205,12 @@ public final class LoadedModule: @unchecked Sendable {
     public func unload() {
         guard !unloaded else { return }
         unloaded = true
+        // Exit handlers registered on the module's __dso_handle first (C++ globals' destructors),
+        // as the dynamic linker's __cxa_finalize(dso) does, then .fini_array: after the memory is
+        // freed, glibc would run them from exit() on int3.
+        if dsoHandle != 0, let finalize = cem_dlsym("__cxa_finalize") {
+            unsafeBitCast(finalize, to: (@convention(c) (UnsafeMutableRawPointer?) -> Void).self)(UnsafeMutableRawPointer(bitPattern: dsoHandle))
+        }
         for f in finiFunctions.reversed() where f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: FiniFunction.self)()
         }

@@ -76,4 +76,56 @@ private let ar = ["/usr/bin/ar", "/opt/swift/usr/bin/llvm-ar"].first { FileManag
         #expect(loaded.status == 1)
         #expect(loaded.errors.contains("is not in the module's core text"), "\(loaded.errors)")
     }
+
+    /// Compiles `source` (C, or C++ when `cxx`) with `flags`, links it natively and loads it: the
+    /// exit status and output must agree.
+    func expectLikeNative(_ source: String, cxx: Bool = false, flags: [String] = ["-O1"], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let dir = try scratch()
+        let cc = cxx ? "/usr/bin/g++" : gcc
+        try #require(FileManager.default.isExecutableFile(atPath: cc), "needs \(cc)", sourceLocation: sourceLocation)
+        try source.write(toFile: "\(dir)/p.\(cxx ? "cc" : "c")", atomically: true, encoding: .utf8)
+        try run(cc, flags + ["-c", "\(dir)/p.\(cxx ? "cc" : "c")", "-o", "\(dir)/p.o"])
+        try run(cc, ["\(dir)/p.o", "-o", "\(dir)/native"])
+        let native = try run("\(dir)/native", [], check: false)
+        let loaded = try run(execmemBinary, ["load", "\(dir)/p.o"], check: false)
+        #expect(loaded.status == native.status && loaded.output == native.output, "\(loaded.output) \(loaded.errors)", sourceLocation: sourceLocation)
+    }
+
+    /// A C++ global's destructor is registered with __cxa_atexit on the module's __dso_handle: it
+    /// runs at unload (it ran at exit, on the freed module's int3: SIGTRAP).
+    @Test func aCxxGlobalsDestructorRunsAtUnload() throws {
+        try expectLikeNative("#include <cstdio>\nstruct T { ~T() { std::puts(\"~T\"); } } t;\nint main() { std::puts(\"main\"); return 3; }\n", cxx: true)
+    }
+
+    /// An exit handler in init text, registered from init text: init memory is kept for a module
+    /// that registers exit handlers (it ran on freed init memory: SIGTRAP).
+    @Test func anExitHandlerInInitTextStillRuns() throws {
+        try expectLikeNative("""
+            #include <stdio.h>
+            extern void *__dso_handle;
+            int __cxa_atexit(void (*)(void *), void *, void *);
+            __attribute__((section(".init.text"), noinline)) static void bye(void *p) { puts("bye from init text"); }
+            __attribute__((constructor, section(".init.text"))) static void setup(void) { __cxa_atexit(bye, 0, &__dso_handle); }
+            int main(void) { puts("main"); return 0; }
+            """)
+    }
+
+    /// g++ gives static locals of inline functions STB_GNU_UNIQUE: global (it was an undefined symbol).
+    @Test func gnuUniqueSymbolsAreGlobal() throws {
+        try expectLikeNative("inline int g() { static int x = 5; return x++; }\nint main() { g(); return g(); }\n", cxx: true)
+    }
+
+    /// A COMMON symbol pulls the archive member that really defines it, as ld does (it stayed 0).
+    @Test(.enabled(if: ar != nil, "needs ar")) func aCommonSymbolPullsItsDefinition() throws {
+        let dir = try scratch()
+        try "int counter;\nint main(void) { return counter; }\n".write(toFile: "\(dir)/main.c", atomically: true, encoding: .utf8)
+        try run(gcc, ["-O1", "-fcommon", "-c", "\(dir)/main.c", "-o", "\(dir)/main.o"])
+        let def = try object("def", "int counter = 42;\n", in: dir)
+        try run(ar!, ["rcs", "\(dir)/lib.a", def])
+        try run(gcc, ["\(dir)/main.o", "\(dir)/lib.a", "-o", "\(dir)/native"])
+        let native = try run("\(dir)/native", [], check: false)
+        let loaded = try run(execmemBinary, ["load", "\(dir)/main.o", "\(dir)/lib.a"], check: false)
+        #expect(native.status == 42)
+        #expect(loaded.status == native.status, "\(loaded.errors)")
+    }
 }
