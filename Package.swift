@@ -22,13 +22,15 @@ let package = Package(
     targets: [
         // Declarations Swift's Glibc module cannot see (memfd_create, MADV_COLLAPSE, membarrier).
         .target(name: "CExecMemShims"),
+        // What debuggers and the unwinder look for by C name: the GDB JIT interface, __register_frame.
+        .target(name: "CExecMemDebug"),
         // One Swift wrapper per kernel call; errno becomes a typed error naming the call.
         .target(
             name: "ExecMemSystem",
             dependencies: ["CExecMemShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Ranges, types, blocks, packing, write views, statistics.
-        .target(name: "ExecMem", dependencies: ["ExecMemSystem"]),
+        .target(name: "ExecMem", dependencies: ["ExecMemSystem", "CExecMemDebug"]),
         // One ELF reader: headers, sections, symbols, relocations, ar archives.
         .target(name: "ExecMemELF"),
         // eBPF: assembler, ELF programs, maps, verifier, interpreter, x86-64 JIT into packed text.

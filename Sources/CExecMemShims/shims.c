@@ -15,3 +15,10 @@ int cem_fallocate(int fd, int mode, off_t offset, off_t length) { return falloca
 long cem_membarrier(int cmd, unsigned int flags) { return syscall(SYS_membarrier, cmd, flags, 0); }
 
 int cem_errno(void) { return errno; }
+
+void *cem_mremap_again(void *source, size_t length, void *to) {
+    if (to) return mremap(source, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+    return mremap(source, 0, length, MREMAP_MAYMOVE);
+}
+
+long cem_gettid(void) { return syscall(SYS_gettid); }

@@ -67,6 +67,9 @@ public struct ExecMemConfiguration: Sendable, Codable {
     public var randomSeed: UInt64? = nil
     /// Per-kind configuration; kinds left out use `KindRange(type: kind.defaultType)`.
     public var kinds: [ExecMemKind: KindRange] = [:]
+    /// Code-registry sinks this allocator switches on when it is created (added to what the
+    /// environment asks for; sinks are per process, so they stay on for the process's life).
+    public var codeSinks: CodeSinks = []
 
     public init() {}
 

@@ -51,6 +51,7 @@ public final class ExecMemAllocator: Sendable {
             return Arena(s)
         }
         Membarrier.register()
+        if !configuration.codeSinks.isEmpty { CodeRegistry.shared.enable(configuration.codeSinks) }
     }
 
     deinit {
@@ -215,6 +216,8 @@ public final class ExecMemAllocator: Sendable {
     /// Frees an allocation (execmem_free). Text is refilled with `int3`, other types zeroed. A handle
     /// that is no longer live is a double free; an address never handed out is a foreign pointer.
     public func free(_ allocation: Allocation) throws(ExecMemError) {
+        // Nothing stays named, or registered with the unwinder, once its memory can be reused.
+        if allocation.type == .text { CodeRegistry.shared.unregister(overlapping: allocation.address, size: allocation.size) }
         try arenas[allocation.type.rawValue].withLock { (s) throws(ExecMemError) in
             let (id, start, slot) = try liveRecord(s, allocation)
             let rec = s.removeRecord(id, start: start, slot: slot)

@@ -44,6 +44,13 @@ int cem_fallocate(int fd, int mode, off_t offset, off_t length);
 /// membarrier(2) through syscall(2); glibc has no wrapper. Returns the syscall's result, -1 and errno on error.
 long cem_membarrier(int cmd, unsigned int flags);
 
+/// mremap(2) with old_size 0 and MREMAP_MAYMOVE (plus MREMAP_FIXED when `to` is not NULL): a second
+/// mapping of the same pages of a shared mapping. Returns the new address or MAP_FAILED with errno set.
+void *cem_mremap_again(void *source, size_t length, void *to);
+
+/// gettid(2).
+long cem_gettid(void);
+
 /// The calling thread's errno, read right after the call it belongs to.
 int cem_errno(void);
 
