@@ -63,7 +63,7 @@ let package = Package(
         // Helpers several test targets share (compilers, processes, scratch directories).
         .target(name: "ExecMemTestSupport", dependencies: ["ExecMem"], path: "Tests/ExecMemTestSupport"),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
-        .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem"]),
+        .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem", "ExecMemELF", "CExecMemDebug"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemTestSupport", "ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(

@@ -46,6 +46,8 @@ int cem_jit_entry_count(void) {
     return n;
 }
 
+const struct cem_jit_code_entry *cem_jit_first_entry(void) { return __jit_debug_descriptor.first_entry; }
+
 // libgcc (unwind-dw2-fde.c); not in any installed header.
 extern void __register_frame(const void *begin);
 extern void __deregister_frame(const void *begin);

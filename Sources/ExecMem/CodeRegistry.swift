@@ -22,6 +22,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CExecMemDebug
 import ExecMemSystem
 import Synchronization
 
@@ -266,6 +267,19 @@ public final class CodeRegistry: Sendable {
             CodeRegistryStatus(registrations: s.entries.count, gdbFiles: s.gdb.fileCount, gdbAnnouncements: s.gdb.announcements,
                                frameSections: s.unwind.sectionCount, perfMapPath: s.perf.mapPath, jitdumpPath: s.perf.dumpPath)
         }
+    }
+}
+
+extension CodeRegistry {
+    /// The symbol files GDB's list holds now, first (newest) first: what an attaching GDB would read.
+    public static func gdbSymbolFiles() -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        var e = cem_jit_first_entry()
+        while let entry = e {
+            out.append(Array(UnsafeRawBufferPointer(start: entry.pointee.symfile_addr, count: Int(entry.pointee.symfile_size))))
+            e = UnsafePointer(entry.pointee.next_entry)
+        }
+        return out
     }
 }
 

@@ -32,8 +32,10 @@ public enum LayoutPolicy: Sendable, Codable, Equatable {
 
 /// What memory backs the blocks.
 public enum Backing: String, Sendable, Codable, CaseIterable {
-    /// A memfd per type, the run view mapped with the type's protection and a separate write view of
-    /// the same pages; run views collapsed to 2 MiB pages with MADV_COLLAPSE.
+    /// A shared memory object per type (a shared anonymous mapping, shown as `/dev/zero`, which perf
+    /// names through its map file), the run view mapped with the type's protection and a separate
+    /// write view of the same pages; run views collapsed to 2 MiB pages with MADV_COLLAPSE. The name
+    /// is historical: it was a memfd, which perf cannot name.
     case memfd
     /// A hugetlb memfd (MFD_HUGETLB | MFD_HUGE_2MB): 2 MiB pages from the reserved pool, guaranteed.
     case hugetlb

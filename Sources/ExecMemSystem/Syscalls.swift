@@ -162,6 +162,7 @@ public enum SysConst {
     public static let madvHugePage: Int32 = cem_MADV_HUGEPAGE
     public static let madvPopulateWrite: Int32 = cem_MADV_POPULATE_WRITE
     public static let madvCollapse: Int32 = cem_MADV_COLLAPSE
+    public static let madvRemove: Int32 = MADV_REMOVE
     public static let mfdCloexec: UInt32 = cem_MFD_CLOEXEC
     public static let mfdHugeTLB: UInt32 = cem_MFD_HUGETLB
     public static let mfdHuge2MB: UInt32 = cem_MFD_HUGE_2MB

@@ -28,6 +28,9 @@ void cem_jit_unregister(struct cem_jit_code_entry *entry);
 /// How many entries the descriptor lists (for tests).
 int cem_jit_entry_count(void);
 
+/// The descriptor's first entry, what GDB reads first (for tests); NULL when the list is empty.
+const struct cem_jit_code_entry *cem_jit_first_entry(void);
+
 /// libgcc's __register_frame: `section` is a complete .eh_frame (CIEs and FDEs, then a zero word).
 /// The bytes must stay alive and unchanged until cem_deregister_frame(section).
 void cem_register_frame(const void *section);
