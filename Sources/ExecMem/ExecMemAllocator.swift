@@ -57,7 +57,11 @@ public final class ExecMemAllocator: Sendable {
     deinit {
         for arena in arenas {
             arena.withLock { s in
-                for id in s.committed { backend.decommit(s.blocks[id].run) }
+                for id in s.committed {
+                    let run = s.blocks[id].run
+                    if s.type == .text { CodeRegistry.shared.unregister(overlapping: run.address, size: run.length) }
+                    backend.decommit(run)
+                }
             }
         }
         pool.withLock { p in for r in p.ranges { backend.release(base: r.base, size: r.size) } }
