@@ -16,6 +16,8 @@ struct RegistryState: ~Copyable {
     /// Block index -> ids of the entries touching the block, sorted by start address.
     var blocks: [UInt: [UInt64]] = [:]
     var nextID: UInt64 = 1
+    /// The largest size ever registered: no entry starting more than this below an address covers it.
+    var largest: UInt = 1
     var batchDepth = 0
     var perf = PerfSink()
     var gdb = GDBSink()
@@ -34,6 +36,7 @@ struct RegistryState: ~Copyable {
         let id = nextID
         nextID += 1
         let e = RegistryEntry(registration: r)
+        largest = max(largest, UInt(r.size))
         for b in e.firstBlock...e.lastBlock { insert(id, start: r.address, block: b) }
         entries[id] = e
         feed(id, into: sinks)
@@ -66,9 +69,13 @@ struct RegistryState: ~Copyable {
     }
 
     mutating func remove(_ id: UInt64) {
-        guard let e = entries.removeValue(forKey: id) else { return }
+        guard let e = entries[id] else { return }
+        defer { entries[id] = nil }
         for b in e.firstBlock...e.lastBlock {
-            guard var list = blocks[b], let i = list.lastIndex(of: id) else { continue }
+            guard var list = blocks[b] else { continue }
+            var i = lastIndex(in: list, startingBefore: e.registration.address + 1)
+            while i >= 0 && list[i] != id && entries[list[i]]!.registration.address == e.registration.address { i -= 1 }
+            guard i >= 0 && list[i] == id else { continue }
             list.remove(at: i)
             blocks[b] = list.isEmpty ? nil : list
         }
@@ -93,25 +100,36 @@ struct RegistryState: ~Copyable {
         var out: [UInt64] = []
         let shift = UInt(ExecMemGeometry.blockShift)
         for b in (address >> shift)...((end - 1) >> shift) {
-            for id in blocks[b] ?? [] {
-                let r = entries[id]!.registration
-                if r.address < end && address < r.address + UInt(r.size) && !out.contains(id) { out.append(id) }
+            guard let list = blocks[b] else { continue }
+            // Walk back from the last entry starting before `end` while one could still reach `address`.
+            var i = lastIndex(in: list, startingBefore: end)
+            while i >= 0 {
+                let r = entries[list[i]]!.registration
+                if r.address + largest <= address { break }
+                if r.address + UInt(r.size) > address && !out.contains(list[i]) { out.append(list[i]) }
+                i -= 1
             }
         }
         return out
     }
 
-    func locate(_ address: UInt) -> CodeLocation? {
-        guard let list = blocks[address >> UInt(ExecMemGeometry.blockShift)] else { return nil }
-        // The last entry starting at or before `address`; entries do not overlap (allocations do not).
+    /// The index of the last entry of `list` whose start is below `limit`, or -1.
+    private func lastIndex(in list: [UInt64], startingBefore limit: UInt) -> Int {
         var lo = 0, hi = list.count
         while lo < hi {
             let mid = (lo + hi) / 2
-            if entries[list[mid]]!.registration.address <= address { lo = mid + 1 } else { hi = mid }
+            if entries[list[mid]]!.registration.address < limit { lo = mid + 1 } else { hi = mid }
         }
-        var i = lo - 1
+        return lo - 1
+    }
+
+    func locate(_ address: UInt) -> CodeLocation? {
+        guard let list = blocks[address >> UInt(ExecMemGeometry.blockShift)] else { return nil }
+        // The latest-starting entry that covers `address` (pieces may nest: a stub inside a module's span).
+        var i = lastIndex(in: list, startingBefore: address + 1)
         while i >= 0 {
             let r = entries[list[i]]!.registration
+            if r.address + largest <= address { break }
             if address < r.address + UInt(r.size) { return Self.locate(address, in: r) }
             i -= 1
         }

@@ -47,6 +47,14 @@ private let recordBacktrace: @convention(c) () -> Void = {
         CodeRegistry.shared.unregister(h)
         #expect(CodeRegistry.shared.symbolize(a.address) == nil)
         CodeRegistry.shared.unregister(h)  // twice is harmless
+        // Pieces may nest (a stub inside a module's span): the innermost covering one names an address.
+        let outer = CodeRegistry.shared.register(CodeRegistration(name: "outer", kind: .other, address: a.address, size: 256))
+        let inner = CodeRegistry.shared.register(CodeRegistration(name: "inner", kind: .other, address: a.address + 64, size: 32))
+        #expect(CodeRegistry.shared.symbolize(a.address + 70)?.description == "inner+0x6")
+        #expect(CodeRegistry.shared.symbolize(a.address + 200)?.description == "outer+0xc8")
+        CodeRegistry.shared.unregister(inner)
+        #expect(CodeRegistry.shared.symbolize(a.address + 70)?.description == "outer+0x46")
+        CodeRegistry.shared.unregister(outer)
         // Freeing text drops what is still registered in it.
         CodeRegistry.shared.register(CodeRegistration(name: "bpf_prog_0123456789abcdef_t", kind: .bpfProgram, address: a.address, size: 64))
         #expect(CodeRegistry.shared.symbolize(a.address + 8)?.symbol == "bpf_prog_0123456789abcdef_t")
