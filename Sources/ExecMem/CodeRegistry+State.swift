@@ -1,6 +1,7 @@
 // The registry's state behind its lock: the entries, an index by 2 MiB block for lookups and frees,
 // and the sinks. Every mutation goes through `add` and `remove`; sinks learn of both.
 
+import CExecMemDebug
 import ExecMemSystem
 
 struct RegistryEntry {
@@ -20,6 +21,7 @@ struct RegistryState: ~Copyable {
     var perf = PerfSink()
     var gdb = GDBSink()
     var unwind = UnwindSink()
+    var crash = CrashTableSink()
 
     init(sinks: CodeSinks) { self.sinks = sinks }
 
@@ -63,6 +65,7 @@ struct RegistryState: ~Copyable {
         if sinks.contains(.jitdump) { perf.dump(r) }
         if sinks.contains(.gdb) { gdb.add(id, r) }
         if sinks.contains(.unwind) { unwind.add(id, r) }
+        if sinks.contains(.crashTable) { crash.add(id, r) }
     }
 
     mutating func remove(_ id: UInt64) {
@@ -74,6 +77,7 @@ struct RegistryState: ~Copyable {
         }
         gdb.remove(id, e.registration)
         unwind.remove(id, e.registration)
+        crash.remove(id)
     }
 
     /// Writes every live registration to sinks just switched on, oldest first.
@@ -131,5 +135,32 @@ struct RegistryState: ~Copyable {
             }
         }
         return CodeLocation(symbol: r.name, offset: Int(address - r.address), owner: r.owner, kind: r.kind)
+    }
+}
+
+/// The crash table sink: one slot per function (and one for the whole piece when its functions do
+/// not cover it), written at once, since a crash may come before any flush. Slots are the C table's
+/// (CExecMemCrashTable.h); this keeps which registration holds which.
+struct CrashTableSink: ~Copyable {
+    private var slots: [UInt64: [Int32]] = [:]
+
+    mutating func add(_ id: UInt64, _ r: CodeRegistration) {
+        var mine: [Int32] = []
+        let covered = r.symbols.count == 1 && r.symbols[0].address <= r.address
+            && r.symbols[0].address + UInt(max(r.symbols[0].size, 1)) >= r.address + UInt(r.size)
+        if !covered { mine.append(Self.slot(r.address, r.size, r.name, r.owner)) }
+        for s in r.symbols { mine.append(Self.slot(s.address, s.size, s.name, r.owner)) }
+        slots[id] = mine.filter { $0 >= 0 }
+    }
+
+    mutating func remove(_ id: UInt64) {
+        for s in slots.removeValue(forKey: id) ?? [] { cem_crash_table_remove(s) }
+    }
+
+    private static func slot(_ address: UInt, _ size: Int, _ name: String, _ owner: String?) -> Int32 {
+        name.withCString { n in
+            guard let owner else { return cem_crash_table_add(address, address + UInt(max(size, 1)), n, nil) }
+            return owner.withCString { cem_crash_table_add(address, address + UInt(max(size, 1)), n, $0) }
+        }
     }
 }
