@@ -46,7 +46,7 @@ struct SelfTestCommand: ParsableCommand {
             observe.apply()
             let code: SelfTestCode
             do { code = try SelfTestCode(allocator: try observe.allocator() ?? ExecMemAllocator.shared()) } catch { throw fail("\(error)") }
-            print("\(code.spin(milliseconds: milliseconds)) iterations")
+            print("pid \(getpid()): \(code.spin(milliseconds: milliseconds)) iterations")
         }
     }
 
