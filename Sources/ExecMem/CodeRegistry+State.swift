@@ -43,19 +43,19 @@ struct RegistryState: ~Copyable {
     }
 
     private mutating func insert(_ id: UInt64, start: UInt, block: UInt) {
-        var list = blocks[block] ?? []
-        // Allocations mostly grow upward: the common case appends.
-        if let last = list.last, let l = entries[last], l.registration.address > start {
+        // Mutated in place (`blocks[block, default:]`): copying the list out and back copied it
+        // whole on every registration, O(n) per call with n registrations in the block.
+        let position: Int? = {
+            guard let list = blocks[block], let last = list.last, let l = entries[last], l.registration.address > start else { return nil }
             var lo = 0, hi = list.count
             while lo < hi {
                 let mid = (lo + hi) / 2
                 if entries[list[mid]]!.registration.address <= start { lo = mid + 1 } else { hi = mid }
             }
-            list.insert(id, at: lo)
-        } else {
-            list.append(id)
-        }
-        blocks[block] = list
+            return lo
+        }()
+        // Allocations mostly grow upward: the common case appends.
+        if let position { blocks[block, default: []].insert(id, at: position) } else { blocks[block, default: []].append(id) }
     }
 
     mutating func feed(_ id: UInt64, into sinks: CodeSinks) {
@@ -71,13 +71,30 @@ struct RegistryState: ~Copyable {
     mutating func remove(_ id: UInt64) {
         guard let e = entries.removeValue(forKey: id) else { return }
         for b in e.firstBlock...e.lastBlock {
-            guard var list = blocks[b], let i = list.lastIndex(of: id) else { continue }
-            list.remove(at: i)
-            blocks[b] = list.isEmpty ? nil : list
+            guard let i = position(of: id, start: e.registration.address, block: b) else { continue }
+            blocks[b]!.remove(at: i)  // in place, as in `insert`
+            if blocks[b]!.isEmpty { blocks[b] = nil }
         }
         gdb.remove(id, e.registration)
         unwind.remove(id, e.registration)
         crash.remove(id)
+    }
+
+    /// Where `id` (starting at `start`, no longer in `entries`) is in a block's list: a binary search
+    /// by address (a scan for the id was O(n) per removal, O(n^2) to free a block's programs).
+    private func position(of id: UInt64, start: UInt, block: UInt) -> Int? {
+        guard let list = blocks[block] else { return nil }
+        func address(_ i: Int) -> UInt { list[i] == id ? start : entries[list[i]]!.registration.address }
+        var lo = 0, hi = list.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if address(mid) < start { lo = mid + 1 } else { hi = mid }
+        }
+        while lo < list.count && address(lo) == start {
+            if list[lo] == id { return lo }
+            lo += 1
+        }
+        return list.lastIndex(of: id)
     }
 
     /// Writes every live registration to sinks just switched on, oldest first.
