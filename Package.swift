@@ -24,6 +24,9 @@ let package = Package(
         .target(name: "CExecMemShims"),
         // What debuggers and the unwinder look for by C name: the GDB JIT interface, __register_frame.
         .target(name: "CExecMemDebug"),
+        // The commands' crash report: a signal handler naming faulting code from the registry's
+        // signal-safe table.
+        .target(name: "CExecMemCrash", dependencies: ["CExecMemDebug"]),
         // One Swift wrapper per kernel call; errno becomes a typed error naming the call.
         .target(
             name: "ExecMemSystem",
@@ -53,7 +56,7 @@ let package = Package(
         // Doctor, demo and benchmarks as values, printed by the CLI and checked by tests.
         .target(
             name: "ExecMemTools",
-            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", "CExecMemProbeSamples"],
+            dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", "CExecMemProbeSamples", "CExecMemCrash"],
             resources: [.copy("Resources/bpf"), .copy("Resources/module")]
         ),
         .executableTarget(
@@ -75,6 +78,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),
+        .testTarget(name: "ExecMemObservabilityTests", dependencies: ["ExecMemTestSupport", "ExecMemTools", "ExecMem", "CExecMemDebug", "execmem"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,6 +1,7 @@
 // The registry's state behind its lock: the entries, an index by 2 MiB block for lookups and frees,
 // and the sinks. Every mutation goes through `add` and `remove`; sinks learn of both.
 
+import CExecMemDebug
 import ExecMemSystem
 
 struct RegistryEntry {
@@ -22,6 +23,7 @@ struct RegistryState: ~Copyable {
     var perf = PerfSink()
     var gdb = GDBSink()
     var unwind = UnwindSink()
+    var crash = CrashTableSink()
 
     init(sinks: CodeSinks) { self.sinks = sinks }
 
@@ -44,19 +46,19 @@ struct RegistryState: ~Copyable {
     }
 
     private mutating func insert(_ id: UInt64, start: UInt, block: UInt) {
-        var list = blocks[block] ?? []
-        // Allocations mostly grow upward: the common case appends.
-        if let last = list.last, let l = entries[last], l.registration.address > start {
+        // Mutated in place (`blocks[block, default:]`): copying the list out and back copied it
+        // whole on every registration, O(n) per call with n registrations in the block.
+        let position: Int? = {
+            guard let list = blocks[block], let last = list.last, let l = entries[last], l.registration.address > start else { return nil }
             var lo = 0, hi = list.count
             while lo < hi {
                 let mid = (lo + hi) / 2
                 if entries[list[mid]]!.registration.address <= start { lo = mid + 1 } else { hi = mid }
             }
-            list.insert(id, at: lo)
-        } else {
-            list.append(id)
-        }
-        blocks[block] = list
+            return lo
+        }()
+        // Allocations mostly grow upward: the common case appends.
+        if let position { blocks[block, default: []].insert(id, at: position) } else { blocks[block, default: []].append(id) }
     }
 
     mutating func feed(_ id: UInt64, into sinks: CodeSinks) {
@@ -66,21 +68,36 @@ struct RegistryState: ~Copyable {
         if sinks.contains(.jitdump) { perf.dump(r) }
         if sinks.contains(.gdb) { gdb.add(id, r) }
         if sinks.contains(.unwind) { unwind.add(id, r) }
+        if sinks.contains(.crashTable) { crash.add(id, r) }
     }
 
     mutating func remove(_ id: UInt64) {
-        guard let e = entries[id] else { return }
-        defer { entries[id] = nil }
+        guard let e = entries.removeValue(forKey: id) else { return }
         for b in e.firstBlock...e.lastBlock {
-            guard var list = blocks[b] else { continue }
-            var i = lastIndex(in: list, startingBefore: e.registration.address + 1)
-            while i >= 0 && list[i] != id && entries[list[i]]!.registration.address == e.registration.address { i -= 1 }
-            guard i >= 0 && list[i] == id else { continue }
-            list.remove(at: i)
-            blocks[b] = list.isEmpty ? nil : list
+            guard let i = position(of: id, start: e.registration.address, block: b) else { continue }
+            blocks[b]!.remove(at: i)  // in place, as in `insert`
+            if blocks[b]!.isEmpty { blocks[b] = nil }
         }
         gdb.remove(id, e.registration)
         unwind.remove(id, e.registration)
+        crash.remove(id)
+    }
+
+    /// Where `id` (starting at `start`, no longer in `entries`) is in a block's list: a binary search
+    /// by address (a scan for the id was O(n) per removal, O(n^2) to free a block's programs).
+    private func position(of id: UInt64, start: UInt, block: UInt) -> Int? {
+        guard let list = blocks[block] else { return nil }
+        func address(_ i: Int) -> UInt { list[i] == id ? start : entries[list[i]]!.registration.address }
+        var lo = 0, hi = list.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if address(mid) < start { lo = mid + 1 } else { hi = mid }
+        }
+        while lo < list.count && address(lo) == start {
+            if list[lo] == id { return lo }
+            lo += 1
+        }
+        return list.lastIndex(of: id)
     }
 
     /// Writes every live registration to sinks just switched on, oldest first.
@@ -149,5 +166,32 @@ struct RegistryState: ~Copyable {
             }
         }
         return CodeLocation(symbol: r.name, offset: Int(address - r.address), owner: r.owner, kind: r.kind)
+    }
+}
+
+/// The crash table sink: one slot per function (and one for the whole piece when its functions do
+/// not cover it), written at once, since a crash may come before any flush. Slots are the C table's
+/// (CExecMemCrashTable.h); this keeps which registration holds which.
+struct CrashTableSink: ~Copyable {
+    private var slots: [UInt64: [Int32]] = [:]
+
+    mutating func add(_ id: UInt64, _ r: CodeRegistration) {
+        var mine: [Int32] = []
+        let covered = r.symbols.count == 1 && r.symbols[0].address <= r.address
+            && r.symbols[0].address + UInt(max(r.symbols[0].size, 1)) >= r.address + UInt(r.size)
+        if !covered { mine.append(Self.slot(r.address, r.size, r.name, r.owner)) }
+        for s in r.symbols { mine.append(Self.slot(s.address, s.size, s.name, r.owner)) }
+        slots[id] = mine.filter { $0 >= 0 }
+    }
+
+    mutating func remove(_ id: UInt64) {
+        for s in slots.removeValue(forKey: id) ?? [] { cem_crash_table_remove(s) }
+    }
+
+    private static func slot(_ address: UInt, _ size: Int, _ name: String, _ owner: String?) -> Int32 {
+        name.withCString { n in
+            guard let owner else { return cem_crash_table_add(address, address + UInt(max(size, 1)), n, nil) }
+            return owner.withCString { cem_crash_table_add(address, address + UInt(max(size, 1)), n, $0) }
+        }
     }
 }

@@ -10,6 +10,7 @@
 //                        DWARF, relocated)
 //   unwind               libgcc's __register_frame: a client's own .eh_frame as is, and synthesized
 //                        frames (JIT code, stubs) gathered into one .eh_frame per block
+//   crashTable           fixed-size seqlock slots a signal handler reads without any lock
 //
 // Sinks are off unless switched on (configuration, `EXECMEM_PERF`, `EXECMEM_GDB`), except `unwind`,
 // which C++ exceptions need to be correct. Costs when on are per registration and amortized O(1);
@@ -151,10 +152,14 @@ public struct CodeSinks: OptionSet, Sendable, Hashable, Codable {
     public static let gdb = CodeSinks(rawValue: 1 << 2)
     /// libgcc's frame registration; on by default (C++ exceptions in loaded code need it).
     public static let unwind = CodeSinks(rawValue: 1 << 3)
+    /// A table of every function's range and name that a signal handler can read without locks or
+    /// allocation (`cem_crash_table_lookup` in CExecMemDebug), for crash reports; one fixed-size
+    /// slot per function, written at registration.
+    public static let crashTable = CodeSinks(rawValue: 1 << 4)
     /// Both perf sinks.
     public static let perf: CodeSinks = [.perfMap, .jitdump]
     /// Every sink.
-    public static let all: CodeSinks = [.perfMap, .jitdump, .gdb, .unwind]
+    public static let all: CodeSinks = [.perfMap, .jitdump, .gdb, .unwind, .crashTable]
 
     /// The sinks the environment asks for: `EXECMEM_PERF` = `map`, `jitdump`, or `1`/`all` (both);
     /// `EXECMEM_GDB=1`; `EXECMEM_UNWIND=0` switches the unwinder's registration off.

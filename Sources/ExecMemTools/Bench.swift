@@ -5,6 +5,7 @@
 //   locality  10,000 small functions called in random order: packed in 2 MiB blocks, one page per
 //             function, and packed on 4 KiB pages
 //   memory    resident memory (Pss) and page tables for 10,000 fleet-sized allocations vs the baseline
+//   registry  what the code registry's sinks cost (BenchRegistry.swift)
 
 import ExecMem
 import ExecMemSystem
@@ -22,7 +23,7 @@ public struct BenchResult: Codable, Sendable {
 }
 
 public enum Bench {
-    public static let names = ["alloc", "locality", "memory", "bpf", "bpf-pack", "loader", "probes"]
+    public static let names = ["alloc", "locality", "memory", "bpf", "bpf-pack", "loader", "probes", "registry"]
     static let liveAllocations = 10_000
     static let baselineName = "mmap + mprotect per allocation"
 
@@ -38,6 +39,7 @@ public enum Bench {
             case "bpf-pack": out += try bpfPack(scale: scale)
             case "loader": out += try loader(scale: scale)
             case "probes": out += try probes(scale: scale)
+            case "registry": out += try registry(scale: scale)
             default: throw BenchError("unknown benchmark '\(n)'; known: \(names.joined(separator: ", "))")
             }
         }

@@ -54,14 +54,16 @@ extension BPFCommand {
         @Option(help: "Instruction budget of the run (a run that needs more stops with an error).") var budget: UInt64 = BPFProgram.defaultBudget
         @Option(help: "Write the JIT's machine code to this file (for objdump -b binary -m i386:x86-64).") var dumpJit: String?
         @Option(help: "Run this many times (on a copy of the memory made once) and print the time per run.") var times: Int = 0
+        @OptionGroup var observe: ObservabilityOptions
 
         func validate() throws {
             guard (0...1_000_000_000).contains(times) else { throw ValidationError("--times must be 0 to 1,000,000,000, not \(times)") }
         }
 
         func run() throws {
+            observe.apply()
             do {
-                let vm = BPFVM()
+                let vm = BPFVM(allocator: try observe.allocator())
                 let (program, fileMemory) = try loadProgram(file, function: function, vm: vm)
                 let memory = try mem.map(readInput) ?? fileMemory
                 let r0 = try program.run(bytes: memory, engine: engine, budget: budget)

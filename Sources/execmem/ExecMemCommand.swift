@@ -11,7 +11,7 @@ struct ExecMemCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "execmem",
         abstract: "One allocator for memory that holds code: 2 MiB pages kept, one range near the executable, typed, W^X.",
-        subcommands: [Demo.self, Doctor.self, Bench.self, BPFCommand.self, SimCommand.self, LoadCommand.self, TraceCommand.self],
+        subcommands: [Demo.self, Doctor.self, Bench.self, BPFCommand.self, SimCommand.self, LoadCommand.self, TraceCommand.self, SelfTestCommand.self],
         defaultSubcommand: Demo.self)
 }
 
@@ -34,6 +34,8 @@ extension ExecMemCommand {
         @Option(help: "Write views: persistent or transient.") var writeView: WriteViewMode = .persistent
         @Flag(help: "Lay blocks out in fixed per-type sub-ranges instead of one typed pool.") var splitRange = false
         @Flag(help: "Print one JSON object instead of text.") var json = false
+        @Flag(help: "Name the demo's code for perf: /tmp/perf-<pid>.map and jit-<pid>.dump.") var perf = false
+        @Flag(help: "Announce the demo's code to gdb through the GDB JIT interface.") var gdb = false
 
         func validate() throws {
             guard (1...1_000_000).contains(functions) else { throw ValidationError("--functions must be 1 to 1,000,000, not \(functions)") }
@@ -41,6 +43,7 @@ extension ExecMemCommand {
         }
 
         func run() throws {
+            Observability.enable(perf: perf, gdb: gdb)
             var config = ExecMemConfiguration()
             config.backing = backing
             config.writeView = writeView
@@ -70,6 +73,7 @@ extension ExecMemCommand {
         @Argument(help: "One benchmark; all when omitted.") var name: String?
         @Option(help: "Scale the timed loops (0.1 for a quick look).") var scale = 1.0
         @Flag(help: "Print JSON instead of text.") var json = false
+        @Flag(help: "Name the benchmarks' code for perf (the figures then include what the perf sinks cost).") var perf = false
 
         func validate() throws {
             guard scale.isFinite, scale > 0, scale <= 100 else { throw ValidationError("--scale must be a number above 0 and at most 100, not \(scale)") }
@@ -82,6 +86,7 @@ extension ExecMemCommand {
             if let name, !ExecMemTools.Bench.names.contains(name) {
                 throw ValidationError("unknown benchmark '\(name)'; known: \(ExecMemTools.Bench.names.joined(separator: ", "))")
             }
+            if perf { Observability.enable(perf: true) }
             let results = try ExecMemTools.Bench.run(name, scale: scale)
             if json { try printJSON(results) } else { printBench(results) }
         }

@@ -16,9 +16,12 @@ struct LoadCommand: ParsableCommand {
     @Option(help: "The function to call: int SYMBOL(int argc, char **argv).") var entry = "main"
     @Flag(help: "Print where each section went (type, address, size) on standard error.") var map = false
     @Flag(help: "Print the allocator's statistics after the run on standard error.") var stats = false
+    @OptionGroup var observe: ObservabilityOptions
+
     func run() throws {
         let (files, arguments) = try splitProgramArguments(inputs)
-        let loader = ModuleLoader()
+        observe.apply()
+        let loader = ModuleLoader(allocator: try observe.allocator())
         let module: LoadedModule
         do {
             module = try loader.load(files: files)

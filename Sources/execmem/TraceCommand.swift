@@ -28,11 +28,14 @@ struct TraceCommand: ParsableCommand {
     @Argument(help: "Objects (.o) and archives (.a), then -- and the program's arguments.") var inputs: [String]
     @Option(help: "Trace the functions whose names match this shell glob.") var functions = "*"
     @Option(help: "The function to call: int SYMBOL(int argc, char **argv).") var entry = "main"
+    @OptionGroup var observe: ObservabilityOptions
 
     func run() throws {
         let (files, arguments) = try splitProgramArguments(inputs)
+        observe.apply()
+        let loader = ModuleLoader(allocator: try observe.allocator())
         let module: LoadedModule
-        do { module = try ModuleLoader().load(files: files) } catch { throw fail(error.description) }
+        do { module = try loader.load(files: files) } catch { throw fail(error.description) }
         let tracer = CallTracer(hooks: FunctionHooks(allocator: module.allocator))
         let skipped: [String]
         do { skipped = try tracer.trace(module, matching: functions) } catch { throw fail(error.description) }

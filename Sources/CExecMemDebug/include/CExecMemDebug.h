@@ -9,6 +9,7 @@
 #define CEXECMEM_DEBUG_H
 
 #include <stdint.h>
+#include "CExecMemCrashTable.h"
 
 /// One in-memory symbol file GDB reads (struct jit_code_entry).
 struct cem_jit_code_entry {

@@ -1,0 +1,116 @@
+// perf names the code ExecMem holds, with the real tool: `perf record -e cpu-clock` of a loop in
+// registered code, then `perf report` through the map file (`/tmp/perf-<pid>.map`), and through
+// the jitdump (`perf record -k mono`, `perf inject --jit`). The selftest loop is registered by hand
+// and must pass now; the eBPF program, the module function and the hook stub need their clients'
+// registrations and fail, saying so, until those are merged.
+//
+// The map file only names samples perf attributes to anonymous memory: the memfd backing's text
+// shows as `memfd:execmem-text (deleted)`, a file perf cannot open, so the map cases run on
+// `--backing anonymous` (and one case records what the memfd backing still shows).
+
+import ExecMemTestSupport
+import Foundation
+import Testing
+
+@Suite(.enabled(if: FileManager.default.isExecutableFile(atPath: execmemBinary), "needs the execmem binary"),
+       .enabled(if: perfUnavailable == nil, "\(perfUnavailable ?? "")"), .serialized)
+struct PerfTests {
+    static let spin = "execmem_selftest_spin [execmem-selftest]"
+
+    /// The report's line for `pattern` (a regular expression), and its share of samples.
+    static func share(of pattern: String, in report: String) -> Double? {
+        for line in report.split(separator: "\n") where firstMatch(pattern, in: String(line)) != nil {
+            if let p = firstMatch("[0-9.]+%", in: String(line)) { return Double(p.dropLast()) }
+        }
+        return nil
+    }
+
+    @Test func mapFileNamesHandRegisteredCode() throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "600", "--perf", "--backing", "anonymous"],
+                                         in: dir, jitdump: false)
+        let share = Self.share(of: NSRegularExpression.escapedPattern(for: Self.spin), in: report)
+        #expect((share ?? 0) > 20, "the loop should take most samples, named: \(report.prefix(1500))")
+        #expect(!report.contains("memfd:"), "\(report.prefix(1500))")
+    }
+
+    @Test func jitdumpNamesHandRegisteredCode() throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The default backing: perf inject --jit names jitdump code wherever it is mapped.
+        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "600", "--perf"], in: dir, jitdump: true)
+        let share = Self.share(of: "jitted-[0-9]+-[0-9]+\\.so +\\[\\.\\] " + NSRegularExpression.escapedPattern(for: Self.spin), in: report)
+        #expect((share ?? 0) > 20, "\(report.prefix(1500))")
+        #expect(!report.contains("memfd:"), "\(report.prefix(1500))")
+    }
+
+    /// The memfd backing hides registered code from the map file: a known issue until text is
+    /// mapped as shared anonymous memory. When that lands this records "known issue not recorded"
+    /// and should become an ordinary expectation.
+    @Test func mapFileOnTheDefaultBacking() throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "400", "--perf"], in: dir, jitdump: false)
+        withKnownIssue("the memfd backing: perf shows memfd:execmem-text (deleted) and ignores the map file") {
+            #expect((Self.share(of: NSRegularExpression.escapedPattern(for: Self.spin), in: report) ?? 0) > 20, "\(report.prefix(800))")
+            #expect(!report.contains("memfd:"))
+        }
+    }
+
+    // MARK: - Clients through their commands
+
+    /// A loop of 50 million iterations (about 0.1 s on the JIT), run three times.
+    static let bpfLoop = "mov %r0, 0\nl:\nadd %r0, 1\njne %r0, 50000000, l\nexit\n"
+
+    @Test(arguments: [false, true])
+    func bpfProgramIsNamed(jitdump: Bool) throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Self.bpfLoop.write(toFile: "\(dir)/spin.s", atomically: true, encoding: .utf8)
+        let (report, run) = try perfReport([execmemBinary, "bpf", "run", "\(dir)/spin.s", "--budget", "1000000000", "--times", "3",
+                                            "--perf", "--backing", "anonymous"], in: dir, jitdump: jitdump)
+        #expect(run.output.contains("0x2faf080"), "the program ran: \(run.output) \(run.errors)")
+        let share = Self.share(of: "bpf_prog_[0-9a-f]{16}_", in: report)
+        #expect((share ?? 0) > 20, "no bpf_prog_<tag>_<name> (the BPF client registers nothing yet?): \(report.prefix(1500))")
+        #expect(!report.contains("memfd:"))
+    }
+
+    /// `spin_loop` runs long; `leaf` is called a million times with an argument (so its hook stub,
+    /// when traced, takes samples: about 1% of them, beside the tracer's own Swift code).
+    static let spinModule = """
+        __attribute__((noinline)) long spin_loop(long n) { volatile long s = 0; for (long i = 0; i < n; i++) s += i; return s; }
+        __attribute__((noinline)) int leaf(int x) { return x + 1; }
+        int main(int argc, char **argv) {
+            long total = spin_loop(argc > 1 ? 0 : 300000000L);
+            int s = 0;
+            for (int i = 0; i < (argc > 1 ? 1000000 : 0); i++) s = leaf(s);
+            return (total + s) == 7;
+        }
+        """
+
+    @Test(arguments: [false, true])
+    func moduleFunctionIsNamed(jitdump: Bool) throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let object = try compileC(Self.spinModule, name: "spinmod", in: dir, flags: ["-O1"])
+        let (report, run) = try perfReport([execmemBinary, "load", object, "--perf", "--backing", "anonymous"], in: dir, jitdump: jitdump)
+        #expect(run.status == 0, "\(run.errors)")
+        let share = Self.share(of: "spin_loop \\[[^]]*spinmod[^]]*\\]", in: report)
+        #expect((share ?? 0) > 20, "no `spin_loop [module]` (the loader registers nothing yet?): \(report.prefix(1500))")
+        #expect(!report.contains("memfd:"))
+    }
+
+    @Test(arguments: [false, true])
+    func hookStubIsNamed(jitdump: Bool) throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let object = try compileC(Self.spinModule, name: "spinmod", in: dir, flags: ["-O1", "-fpatchable-function-entry=5"])
+        let (report, run) = try perfReport([execmemBinary, "trace", object, "--functions", "leaf", "--perf", "--backing", "anonymous", "--", "hooks"],
+                                           in: dir, jitdump: jitdump)
+        #expect(run.status == 0, "\(run.errors)")
+        #expect(report.contains("execmem_hook_leaf"), "no execmem_hook_leaf (the probes client registers nothing yet?): \(report.prefix(1500))")
+        #expect(Self.share(of: "leaf \\[[^]]*spinmod", in: report) != nil, "the hooked function itself is not named: \(report.prefix(1500))")
+        #expect(!report.contains("memfd:"))
+    }
+}
