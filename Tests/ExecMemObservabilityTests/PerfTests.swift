@@ -45,17 +45,14 @@ struct PerfTests {
         #expect(!report.contains("memfd:"), "\(report.prefix(1500))")
     }
 
-    /// The memfd backing hides registered code from the map file: a known issue until text is
-    /// mapped as shared anonymous memory. When that lands this records "known issue not recorded"
-    /// and should become an ordinary expectation.
+    /// The default backing's views are shared anonymous memory (`/dev/zero (deleted)`), which perf
+    /// resolves through the map file; a memfd view (`memfd:... (deleted)`) it did not.
     @Test func mapFileOnTheDefaultBacking() throws {
         let dir = try scratch("execmem-perf")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "400", "--perf"], in: dir, jitdump: false)
-        withKnownIssue("the memfd backing: perf shows memfd:execmem-text (deleted) and ignores the map file") {
-            #expect((Self.share(of: NSRegularExpression.escapedPattern(for: Self.spin), in: report) ?? 0) > 20, "\(report.prefix(800))")
-            #expect(!report.contains("memfd:"))
-        }
+        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "600", "--perf"], in: dir, jitdump: false)
+        #expect((Self.share(of: NSRegularExpression.escapedPattern(for: Self.spin), in: report) ?? 0) > 20, "\(report.prefix(1500))")
+        #expect(!report.contains("memfd:"), "\(report.prefix(1500))")
     }
 
     // MARK: - Clients through their commands
