@@ -33,6 +33,9 @@ struct Link {
     /// Host and other-module symbols, looked up once.
     var external: [String: UInt] = [:]
     var tlsBase = 0
+    /// Each object's `.eh_frame` in rodata, and the FDEs of functions left out, by section (see EHFrame).
+    var frames: [FrameTable] = []
+    var discardedFDEs: [Layout.SectionKey: [EHFrame.FDE]] = [:]
     /// The process's mappings (telling host functions from host data), read the first time a rel32
     /// to a host symbol needs them: most loads never do, and reading them costs about a millisecond.
     lazy var hostMaps = HostMaps.shared
@@ -188,6 +191,7 @@ struct Link {
             gotOffset = layout.append(.rodata, bytes: max(8, gotOrder.count * 8), alignment: 8)
         }
         if !veneers.isEmpty { veneerOffset = layout.append(.text, bytes: veneers.count * Link.veneerSize, alignment: 16) }
+        try planFrames()
         return (needsLow, hostData)
     }
 
