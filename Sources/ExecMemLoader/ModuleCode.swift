@@ -31,8 +31,9 @@ struct ModuleCode {
     /// The registrations of `link`'s objects placed at `a`; debug objects only when `debugObjects`
     /// (GDB's sink is on: a debug object is a copy of the whole object file).
     init(_ link: Link, module: String, _ a: Link.Addresses, debugObjects: Bool) {
+        let tables = Dictionary(link.frames.map { ($0.object, $0) }, uniquingKeysWith: { first, _ in first })
         for (o, obj) in link.objects.enumerated() {
-            let frames = link.frames.first { $0.object == o }
+            let frames = tables[o]
             let unwind = frames.map { CodeUnwind.section(a.base[$0.bucket.rawValue] + UInt($0.offset)) }
             let debug = debugObjects ? DebugObject.make(obj.elf) { link.sectionAddress(o, $0.index, a) } : nil
             var entry = Object(index: o, frames: frames)
