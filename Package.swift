@@ -65,12 +65,14 @@ let package = Package(
         ),
         // Helpers several test targets share (compilers, processes, scratch directories).
         .target(name: "ExecMemTestSupport", dependencies: ["ExecMem"], path: "Tests/ExecMemTestSupport"),
+        // C++ host frames the loader's tests throw exceptions through and catch them in.
+        .target(name: "CExecMemCxxHost", path: "Tests/CExecMemCxxHost"),
         .testTarget(name: "ExecMemSystemTests", dependencies: ["ExecMemSystem"]),
         .testTarget(name: "ExecMemTests", dependencies: ["ExecMem", "ExecMemSystem", "ExecMemELF", "CExecMemDebug"]),
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemTestSupport", "ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(
-            name: "ExecMemLoaderTests", dependencies: ["ExecMemTestSupport", "ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "execmem"],
+            name: "ExecMemLoaderTests", dependencies: ["ExecMemTestSupport", "ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "CExecMemCxxHost", "execmem"],
             exclude: ["Fixtures"]
         ),
         .testTarget(

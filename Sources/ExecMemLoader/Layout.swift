@@ -4,7 +4,7 @@
 // freed once initialization has run. Each section keeps its alignment within its type.
 //
 //   text        .text*  (and at the end, veneers: `jmp *slot(%rip)` for targets out of rel32 reach)
-//   rodata      .rodata*, .data.rel.ro*, .eh_frame, .fini_array  (and at the end, the GOT)
+//   rodata      .rodata*, .data.rel.ro*, .eh_frame (each + a zero word), .fini_array  (and at the end, the GOT)
 //   roAfterInit .data..ro_after_init, .data.ro_after_init
 //   data        .data*, .bss*, COMMON symbols
 //   initText    .init.text*            initRodata  .init.rodata*
@@ -122,7 +122,10 @@ struct Layout {
                 }
                 let at = Layout.align(size[b.rawValue], a)
                 place[SectionKey(object: o, section: s.index)] = (b, at)
-                size[b.rawValue] = try end(at, s.size, "section \(s.name)", object: obj.name)
+                // Each object's .eh_frame is registered with the unwinder as a table of its own, which
+                // ends at a zero word (the image's zero bytes after it).
+                let bytes = s.name == ".eh_frame" && (b == .rodata || b == .data) ? s.size + EHFrame.terminatorBytes : s.size
+                size[b.rawValue] = try end(at, bytes, "section \(s.name)", object: obj.name)
                 alignment[b.rawValue] = max(alignment[b.rawValue], a)
             }
         }

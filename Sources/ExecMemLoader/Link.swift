@@ -32,7 +32,13 @@ struct Link {
     var gotOffset = 0, veneerOffset = 0
     /// Host and other-module symbols, looked up once.
     var external: [String: UInt] = [:]
+    /// Names other loaded modules export: their data is in this loader's memory, not the host's, and
+    /// needs no range placed near a library (a rel32 to it fits when both modules share a range).
+    var moduleExports: Set<String> = []
     var tlsBase = 0
+    /// Each object's `.eh_frame` in rodata, and the FDEs of functions left out, by section (see EHFrame).
+    var frames: [FrameTable] = []
+    var discardedFDEs: [Layout.SectionKey: [EHFrame.FDE]] = [:]
     /// The process's mappings (telling host functions from host data), read the first time a rel32
     /// to a host symbol needs them: most loads never do, and reading them costs about a millisecond.
     lazy var hostMaps = HostMaps.shared
@@ -171,7 +177,9 @@ struct Link {
                     case Relocation.PLT32, Relocation.PC32:
                         if case let .global(name) = id, globals[name] == nil, let a = external[name], a != 0 {
                             if r.type == Relocation.PC32 && !isExecutable(a) {
-                                hostData.append((name, a))  // data reached with rel32: no veneer can help
+                                // Data reached with rel32: no veneer can help. Another module's is in
+                                // reach when the modules share a range (else the relocation overflows).
+                                if !moduleExports.contains(name) { hostData.append((name, a)) }
                             } else if veneers[name] == nil {
                                 veneers[name] = veneers.count
                                 slot(.address(id))
@@ -188,6 +196,7 @@ struct Link {
             gotOffset = layout.append(.rodata, bytes: max(8, gotOrder.count * 8), alignment: 8)
         }
         if !veneers.isEmpty { veneerOffset = layout.append(.text, bytes: veneers.count * Link.veneerSize, alignment: 16) }
+        try planFrames()
         return (needsLow, hostData)
     }
 

@@ -30,6 +30,8 @@ public final class LoadedModule: @unchecked Sendable {
     private let loader: ModuleLoader
     private let exportID: Int
     private var unloaded = false
+    /// What the module registered with the code registry (perf, GDB, the unwinder).
+    private var code = ModuleCodeHandles(empty: ())
     /// False for modules laid out and relocated only (fuzzing): no constructor or destructor runs.
     private let runsCode: Bool
 
@@ -89,6 +91,7 @@ public final class LoadedModule: @unchecked Sendable {
         }
         do {
             throughVeneers = try link.relocate(&images, addresses)
+            link.emptyDiscardedFDEs(&images)
             if !link.gotOrder.isEmpty {
                 let got = try link.gotContents(addresses)
                 for (i, v) in got.enumerated() { for k in 0..<8 { images[Bucket.rodata.rawValue][link.gotOffset + i * 8 + k] = UInt8(truncatingIfNeeded: v >> (8 * k)) } }
@@ -168,6 +171,9 @@ public final class LoadedModule: @unchecked Sendable {
         }
         finiFunctions = runsCode ? fini : []
         dsoHandle = runsCode ? addresses.dsoHandle : 0
+        // Named and unwindable before any of its code runs (nothing fails from here on).
+        let registrations = runsCode ? ModuleCode(link, module: name, addresses, debugObjects: CodeRegistry.shared.sinks.contains(.gdb)) : nil
+        var handles = registrations.map { ModuleCodeHandles($0) } ?? ModuleCodeHandles(empty: ())
         for f in initFunctions where runsCode && f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
         }
@@ -177,10 +183,16 @@ public final class LoadedModule: @unchecked Sendable {
         // Unless the module registers exit handlers: one registered from init code may be init code
         // (as in Linux, init memory must not be reached after init; here it would run at unload).
         let keepsInit = link.uses("__cxa_atexit") || link.uses("atexit") || link.uses("on_exit")
+        if !keepsInit, let registrations {
+            handles.initDone(registrations) { frames, offset, width in
+                if let a = allocated[frames.bucket] { try? allocator.write([UInt8](repeating: 0, count: width), to: a, at: offset) }
+            }
+        }
         for b in Bucket.allCases where b.isInit && !keepsInit {
             if let a = allocated.removeValue(forKey: b) { try? allocator.free(a); freed.append(a) }
         }
         freedInitAllocations = freed
+        code = handles
         allocations = Dictionary(uniqueKeysWithValues: allocated.map { ($0.key.description, $0.value) })
     }
 
@@ -201,7 +213,8 @@ public final class LoadedModule: @unchecked Sendable {
         }
     }
 
-    /// Runs destructors (.fini_array, last first) and frees the module's memory.
+    /// Runs destructors (.fini_array, last first), removes the module's code from the code registry
+    /// (perf, GDB, the unwinder) and frees the module's memory.
     public func unload() {
         guard !unloaded else { return }
         unloaded = true
@@ -215,6 +228,7 @@ public final class LoadedModule: @unchecked Sendable {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: FiniFunction.self)()
         }
         loader.unregister(exportID)
+        code.removeAll()
         for a in allocations.values { try? allocator.free(a) }
         allocations = [:]
     }

@@ -69,7 +69,8 @@ public final class ModuleLoader: @unchecked Sendable {
     /// Links, places, relocates and initializes a module.
     public func load(_ inputs: [LoaderInput], name: String) throws(LoaderError) -> LoadedModule {
         var link = try Link(inputs, maxModuleBytes: moduleLimit)
-        let exports = state.withLock { s in s.exports.mapValues(\.1).merging(s.provided) { module, _ in module } }
+        let (exports, fromModules) = state.withLock { s in (s.exports.mapValues(\.1).merging(s.provided) { module, _ in module }, Set(s.exports.keys)) }
+        link.moduleExports = fromModules
         try link.resolveExternals(exports: exports, object: name)
         let (needsLow, hostData) = try link.plan()
         let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)
@@ -84,7 +85,8 @@ public final class ModuleLoader: @unchecked Sendable {
     /// constructors, no destructors) and unloads at once: for fuzzing the loader with any bytes.
     @_spi(Fuzzing) public func linkWithoutRunning(_ inputs: [LoaderInput], name: String) throws(LoaderError) {
         var link = try Link(inputs, maxModuleBytes: moduleLimit)
-        let exports = state.withLock { s in s.exports.mapValues(\.1).merging(s.provided) { module, _ in module } }
+        let (exports, fromModules) = state.withLock { s in (s.exports.mapValues(\.1).merging(s.provided) { module, _ in module }, Set(s.exports.keys)) }
+        link.moduleExports = fromModules
         try link.resolveExternals(exports: exports, object: name)
         let (needsLow, hostData) = try link.plan()
         let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)

@@ -116,7 +116,9 @@ extension Link {
         for (o, obj) in objects.enumerated() {
             for section in obj.elf.sections {
                 guard let (bucket, sectionOffset) = layout.place[Layout.SectionKey(object: o, section: section.index)] else { continue }
-                for r in obj.relocations[section.index] ?? [] where try apply(r, o, section, bucket, sectionOffset, &images, a) {
+                let key = Layout.SectionKey(object: o, section: section.index)
+                for r in obj.relocations[section.index] ?? [] where !isInDiscardedFDE(key, r.offset) {
+                    guard try apply(r, o, section, bucket, sectionOffset, &images, a) else { continue }
                     throughVeneers += 1
                 }
             }
