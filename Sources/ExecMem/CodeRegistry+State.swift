@@ -1,6 +1,7 @@
 // The registry's state behind its lock: the entries, an index by 2 MiB block for lookups and frees,
 // and the sinks. Every mutation goes through `add` and `remove`; sinks learn of both.
 
+import CExecMemDebug
 import ExecMemSystem
 
 struct RegistryEntry {
@@ -16,7 +17,6 @@ struct RegistryState: ~Copyable {
     /// Block index -> ids of the entries touching the block, sorted by start address.
     var blocks: [UInt: [UInt64]] = [:]
     var nextID: UInt64 = 1
-    var batchDepth = 0
     var perf = PerfSink()
     var gdb = GDBSink()
     var unwind = UnwindSink()
@@ -82,7 +82,9 @@ struct RegistryState: ~Copyable {
     }
 
     mutating func flushIfIdle() {
-        guard batchDepth == 0 else { return }
+        // Only the calling thread's batch defers: another thread's open batch must not leave this
+        // thread's code unannounced (it would run with no frames registered).
+        guard cem_batch_depth() == 0 else { return }
         gdb.flush()
         unwind.flush()
         perf.flush()

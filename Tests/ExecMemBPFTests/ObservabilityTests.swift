@@ -6,6 +6,7 @@
 import CExecMemDebug
 import ExecMem
 @testable import ExecMemBPF
+import Foundation
 import Synchronization
 import Testing
 
@@ -102,8 +103,13 @@ func unwindBacktrace() -> [UInt] {
 @Suite(.serialized) struct JITUnwindTests {
     /// Runs `source` with helper 100 taking a backtrace; returns it and one taken by the caller.
     @inline(never)
-    func traces(_ source: String, name: String, bytes: [UInt8] = [1]) throws -> (helper: [UInt], here: [UInt], program: BPFProgram, result: UInt64) {
-        let vm = BPFVM(allocator: try testAllocator())
+    func traces(_ source: String, name: String, far: Bool, bytes: [UInt8] = [1]) throws -> (helper: [UInt], here: [UInt], program: BPFProgram, result: UInt64) {
+        var c = ExecMemConfiguration()
+        c.rangeSize = 64 << 20
+        c.fallbackSize = 0
+        // Far from the executable, helpers are called through a register (other code, same frames).
+        if far { c.placement = .anywhere }
+        let vm = BPFVM(allocator: try ExecMemAllocator(c))
         let captured = Mutex<[UInt]>([])
         vm.register(100, BPFHelper(name: "trace", arguments: 0, swift: { _, _, _, _, _ in
             captured.withLock { $0 = unwindBacktrace() }
@@ -136,13 +142,13 @@ func unwindBacktrace() -> [UInt] {
         }
     }
 
-    @Test func backtraceFromHelperInMain() throws {
-        let t = try traces("mov %r6, 2\ncall 100\nadd %r0, %r6\nexit", name: "leaf")
+    @Test(arguments: [false, true]) func backtraceFromHelperInMain(far: Bool) throws {
+        let t = try traces("mov %r6, 2\ncall 100\nadd %r0, %r6\nexit", name: "leaf", far: far)
         #expect(t.result == 42)
         expectReachesHost(t, [t.program.symbolName, "bpf_jit_entry_\(t.program.tag)_leaf"])
     }
 
-    @Test func backtraceThroughLocalCallsWithSavedRegisters() throws {
+    @Test(arguments: [false, true]) func backtraceThroughLocalCallsWithSavedRegisters(far: Bool) throws {
         // f writes r6-r9 (all four saved: five pushes with the pad), g writes r6 only (one push).
         let t = try traces("""
             mov %r6, 1
@@ -166,13 +172,13 @@ func unwindBacktrace() -> [UInt] {
             mov %r6, 0
             call 100
             exit
-            """, name: "calls")
+            """, name: "calls", far: far)
         #expect(t.result == 40 - 10 - 20 + 30 - 40 + 1 + 2)
         let n = BPFNames(t.program)
         expectReachesHost(t, [n.subprogram(2), n.subprogram(1), t.program.symbolName, n.entry])
     }
 
-    @Test func backtraceWhenMainIsCalledLocally() throws {
+    @Test(arguments: [false, true]) func backtraceWhenMainIsCalledLocally(far: Bool) throws {
         // Main calls itself once (r1 = 0 the second time), then calls the helper from a loop.
         let t = try traces("""
             main:
@@ -189,9 +195,36 @@ func unwindBacktrace() -> [UInt] {
             jne %r7, 0, loop
             call 100
             exit
-            """, name: "recursive")
+            """, name: "recursive", far: far)
         #expect(t.result == 43)
         let name = t.program.symbolName
         expectReachesHost(t, [name, name, "bpf_jit_entry_\(t.program.tag)_recursive"])
+    }
+
+    /// Another thread compiling and freeing programs (and so registering in batches) all along must
+    /// not delay this thread's registrations: the registry's batches are per thread (a global batch
+    /// depth left a program's frames unannounced while another thread's batch was open).
+    @Test func framesAreAnnouncedWhileAnotherThreadRegisters() throws {
+        let stop = Atomic<Bool>(false)
+        let done = Atomic<Bool>(false)
+        let churn = Thread {
+            let vm = BPFVM(allocator: try! testAllocator())
+            var i = 0
+            while !stop.load(ordering: .relaxed) {
+                _ = try! vm.load(assembly: "mov %r0, \(i)\nexit").run(bytes: [1])
+                i += 1
+            }
+            done.store(true, ordering: .releasing)
+        }
+        churn.start()
+        defer {
+            stop.store(true, ordering: .relaxed)
+            while !done.load(ordering: .acquiring) { usleep(1000) }
+        }
+        for _ in 0..<100 {
+            let t = try traces("mov %r6, 2\ncall 100\nadd %r0, %r6\nexit", name: "leaf", far: false)
+            #expect(registeredFrames(t.helper) == [t.program.symbolName, "bpf_jit_entry_\(t.program.tag)_leaf"])
+            if registeredFrames(t.helper).count != 2 { break }
+        }
     }
 }
