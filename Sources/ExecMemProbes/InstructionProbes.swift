@@ -284,7 +284,8 @@ public final class InstructionProbes: @unchecked Sendable {
         for rec in s.probes.values where rec.probe.address < end && address < rec.probe.address + UInt(rec.probe.displacedBytes) {
             throw .siteInUse(address: address, by: "probe \(rec.probe.id) at \(hex(rec.probe.address))")
         }
-        var (prologue, cfi) = ProbeSlot.prologue(address: address, handler: handler, context: context)
+        let (prologue, slotFrame) = ProbeSlot.prologue(address: address, handler: handler, context: context)
+        var cfi = slotFrame
         let slot: Allocation
         do throws(ExecMemError) { slot = try allocator.allocate(.probes, size: prologue.count + plan.length * 3 + 32, alignment: 64) } catch { throw .allocator(error) }
         do throws(ProbeError) {
