@@ -72,3 +72,8 @@ int cem_unwind_backtrace(uintptr_t *addresses, int capacity) {
     _Unwind_Backtrace(trace_step, &s);
     return s.count;
 }
+
+static __thread int batch_depth;
+void cem_batch_enter(void) { batch_depth++; }
+void cem_batch_leave(void) { batch_depth--; }
+int cem_batch_depth(void) { return batch_depth; }

@@ -307,8 +307,9 @@ int cem_shadow_push(uint64_t return_address, uint64_t hook, uint64_t function) {
     return 1;
 }
 
-uint64_t cem_shadow_pop(uint64_t return_value) {
+uint64_t cem_shadow_pop(uint64_t return_value, uint64_t *slot) {
     struct shadow s = stack[--depth];
+    *slot = s.return_address;  // before the handler: its backtrace unwinds through this slot
     void (*handler)(uint64_t, uint64_t, uint64_t) = cem_exit_handler;
     if (handler) handler(s.hook, s.function, return_value);
     return s.return_address;

@@ -19,7 +19,6 @@ struct RegistryState: ~Copyable {
     var nextID: UInt64 = 1
     /// The largest size ever registered: no entry starting more than this below an address covers it.
     var largest: UInt = 1
-    var batchDepth = 0
     var perf = PerfSink()
     var gdb = GDBSink()
     var unwind = UnwindSink()
@@ -106,7 +105,9 @@ struct RegistryState: ~Copyable {
     }
 
     mutating func flushIfIdle() {
-        guard batchDepth == 0 else { return }
+        // Only the calling thread's batch defers: another thread's open batch must not leave this
+        // thread's code unannounced (it would run with no frames registered).
+        guard cem_batch_depth() == 0 else { return }
         gdb.flush()
         unwind.flush()
         perf.flush()

@@ -76,20 +76,60 @@ public struct CFIProgram: Sendable, Hashable {
         bytes.append(0xC0 | register.rawValue)
     }
 
+    /// `register` cannot be recovered (DW_CFA_undefined); for the return address, the walk ends here.
+    public mutating func undefined(_ register: Register) {
+        bytes.append(0x07)
+        uleb(Int(register.rawValue))
+    }
+
+    /// CFA = the 8 bytes at `register` + `offset`, plus `plus` (DW_CFA_def_cfa_expression
+    /// `breg; deref; plus_uconst`): for code that keeps the frame's stack pointer in memory.
+    public mutating func defineCFA(loadedFrom register: Register, offset: Int, plus: Int) {
+        var e: [UInt8] = [0x70 + register.rawValue]
+        sleb(offset, into: &e)
+        e.append(0x06)
+        if plus != 0 { e.append(0x23); uleb(plus, into: &e) }
+        bytes.append(0x0F)
+        uleb(e.count)
+        bytes += e
+    }
+
+    /// `register`'s value in the caller is the constant `value` (DW_CFA_val_expression `const8u`):
+    /// for code whose "return address" is known when it is written (a probe slot resumes a fixed place).
+    public mutating func value(_ register: Register, is value: UInt64) {
+        bytes.append(0x16)
+        uleb(Int(register.rawValue))
+        uleb(9)
+        bytes.append(0x0E)
+        bytes.appendLE(value)
+    }
+
     /// Pushes the current rules (DW_CFA_remember_state).
     public mutating func remember() { bytes.append(0x0A) }
 
     /// Pops the rules `remember` pushed (DW_CFA_restore_state).
     public mutating func restore() { bytes.append(0x0B) }
 
-    private mutating func uleb(_ v: Int) {
+    private mutating func uleb(_ v: Int) { uleb(v, into: &bytes) }
+
+    private func uleb(_ v: Int, into out: inout [UInt8]) {
         var v = UInt(v)
         repeat {
             var b = UInt8(v & 0x7F)
             v >>= 7
             if v != 0 { b |= 0x80 }
-            bytes.append(b)
+            out.append(b)
         } while v != 0
+    }
+
+    private func sleb(_ v: Int, into out: inout [UInt8]) {
+        var v = v
+        while true {
+            let b = UInt8(v & 0x7F)
+            v >>= 7
+            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) { out.append(b); return }
+            out.append(b | 0x80)
+        }
     }
 }
 

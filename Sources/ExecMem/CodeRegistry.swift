@@ -246,14 +246,13 @@ public final class CodeRegistry: Sendable {
     }
 
     /// Runs `body` with the per-block announcements deferred to its end (nested batches end with the
-    /// outermost).
+    /// outermost). A batch is the calling thread's: other threads' registrations are announced as
+    /// usual meanwhile.
     public func batch<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        state.withLock { $0.batchDepth += 1 }
+        cem_batch_enter()
         defer {
-            state.withLock { s in
-                s.batchDepth -= 1
-                s.flushIfIdle()
-            }
+            cem_batch_leave()
+            state.withLock { $0.flushIfIdle() }
         }
         return try body()
     }

@@ -74,11 +74,15 @@ public final class FunctionHooks: @unchecked Sendable {
         var stub: Allocation
         var box: Unmanaged<HookBox>?
         var enabled: Bool
+        /// `execmem_hook_<function>` in the code registry, until the stub is freed.
+        var name: CodeHandle
     }
     struct PatchRecord {
         var patch: LivePatch
         var site: UInt
         var stub: Allocation?
+        /// `execmem_patch_<function>`, for a stub.
+        var name: CodeHandle?
     }
     struct State {
         var hooks: [Int: HookRecord] = [:]
@@ -92,6 +96,8 @@ public final class FunctionHooks: @unchecked Sendable {
         var nextID = 1
         var body: Allocation?
         var exitTrampoline: Allocation?
+        /// `execmem_hook_body` and `execmem_hook_exit`.
+        var commonNames: [CodeHandle] = []
         var retired = Retired<HookBox>()
     }
     let state = Mutex(State())
@@ -110,6 +116,9 @@ public final class FunctionHooks: @unchecked Sendable {
         let s = state.withLock { $0 }
         let enabled = s.hooks.values.filter(\.enabled).map(\.hook)
         try? disable(enabled)
+        CodeRegistry.shared.batch {
+            for h in s.commonNames + s.hooks.values.map(\.name) + s.patches.values.compactMap(\.name) { CodeRegistry.shared.unregister(h) }
+        }
         for r in s.hooks.values { try? allocator.free(r.stub); r.box?.release() }
         _ = s.retired.free(in: allocator)
         for p in s.patches.values { if let st = p.stub { try? allocator.free(st) } }
@@ -157,10 +166,12 @@ public final class FunctionHooks: @unchecked Sendable {
     public func hook(_ functions: [UInt], entry: EntryHandler? = nil, exit: ExitHandler? = nil, enable: Bool = true) throws(ProbeError) -> [Hook] {
         var made: [Hook] = []
         do throws(ProbeError) {
-            for f in functions {
-                let box = Unmanaged.passRetained(HookBox(entry: entry, exit: exit))
-                let handler = entry == nil ? unsafeBitCast(noEntry, to: UInt.self) : unsafeBitCast(swiftEntry, to: UInt.self)
-                made.append(try install(f, handler: handler, context: UInt(bitPattern: box.toOpaque()), exit: exit != nil, box: box))
+            try CodeRegistry.shared.batch { () throws(ProbeError) in
+                for f in functions {
+                    let box = Unmanaged.passRetained(HookBox(entry: entry, exit: exit))
+                    let handler = entry == nil ? unsafeBitCast(noEntry, to: UInt.self) : unsafeBitCast(swiftEntry, to: UInt.self)
+                    made.append(try install(f, handler: handler, context: UInt(bitPattern: box.toOpaque()), exit: exit != nil, box: box))
+                }
             }
             if enable { try self.enable(made) }
         } catch {
@@ -183,6 +194,7 @@ public final class FunctionHooks: @unchecked Sendable {
     private func install(_ function: UInt, handler: UInt, context: UInt, exit: Bool, box: Unmanaged<HookBox>?) throws(ProbeError) -> Hook {
         let site: UInt
         do throws(ProbeError) { site = try patchableSite(of: function) } catch { box?.release(); throw error }
+        let name = "execmem_hook_" + ProbeNames.function(function)
         let r: Result<Hook, ProbeError> = state.withLock { s in
             do throws(ProbeError) {
                 if let other = s.hookSites[site] { throw .siteInUse(address: function, by: "hook \(other)") }
@@ -193,7 +205,10 @@ public final class FunctionHooks: @unchecked Sendable {
                 do throws(ExecMemError) { try allocator.write(code, to: stub) } catch { try? allocator.free(stub); throw .allocator(error) }
                 let hook = Hook(id: s.nextID, function: function, site: site)
                 s.nextID += 1
-                s.hooks[hook.id] = HookRecord(hook: hook, stub: stub, box: box, enabled: false)
+                let handle = CodeRegistry.shared.register(CodeRegistration(
+                    name: name, kind: .hook, address: stub.address, size: Trampolines.descriptorOffset,
+                    unwind: .frames([Trampolines.entryFrame(length: Trampolines.descriptorOffset)])))
+                s.hooks[hook.id] = HookRecord(hook: hook, stub: stub, box: box, enabled: false, name: handle)
                 s.hookSites[site] = hook.id
                 if s.nops[site] == nil { s.nops[site] = poker.read(5, at: site) }
                 return .success(hook)
@@ -209,15 +224,21 @@ public final class FunctionHooks: @unchecked Sendable {
     private func commonCode(_ s: inout State) throws(ProbeError) -> UInt {
         if let b = s.body { return b.address }
         do throws(ExecMemError) {
-            let exitCode = Trampolines.exitTrampoline()
+            let (exitCode, exitFrame) = Trampolines.exitTrampoline()
             let exit = try allocator.allocate(.trace, size: exitCode.count, alignment: 64)
             try allocator.write(exitCode, to: exit)
-            let code = Trampolines.body(exitTrampoline: exit.address)
+            let (code, frame) = Trampolines.body(exitTrampoline: exit.address + UInt(Trampolines.exitEntryOffset))
             let body = try allocator.allocate(.trace, size: code.count, alignment: 64)
             try allocator.write(code, to: body)
             allocator.makeVisible()
             s.exitTrampoline = exit
             s.body = body
+            s.commonNames = CodeRegistry.shared.batch {
+                [CodeRegistry.shared.register(CodeRegistration(name: "execmem_hook_body", kind: .hook, address: body.address, size: frame.length,
+                                                               unwind: .frames([frame]))),
+                 CodeRegistry.shared.register(CodeRegistration(name: "execmem_hook_exit", kind: .hook, address: exit.address, size: exitFrame.length,
+                                                               unwind: .frames([exitFrame])))]
+            }
             return body.address
         } catch {
             throw .allocator(error)
@@ -280,7 +301,7 @@ public final class FunctionHooks: @unchecked Sendable {
         state.withLock { s in
             guard let rec = s.hooks.removeValue(forKey: hook.id) else { return }
             s.hookSites[hook.site] = nil
-            s.retired.add(rec.stub, rec.box)
+            s.retired.add(rec.stub, rec.box, name: rec.name)
         }
     }
 
@@ -302,11 +323,13 @@ public final class FunctionHooks: @unchecked Sendable {
     public func redirect(_ function: UInt, to replacement: UInt) throws(ProbeError) -> LivePatch {
         let site = try patchableSite(of: function)
         try CodeMemory.checkExecutable(replacement, count: 1, allocators: [allocator])
+        let name = "execmem_patch_" + ProbeNames.function(function)
         let r: Result<LivePatch, ProbeError> = state.withLock { s in
             do throws(ProbeError) {
                 if let owner = s.sites[site] { throw .siteInUse(address: function, by: owner) }
                 if s.nops[site] == nil { s.nops[site] = poker.read(5, at: site) }
                 var stub: Allocation? = nil
+                var handle: CodeHandle? = nil
                 var target = replacement
                 if Rel32.displacement(from: site + 5, to: replacement) == nil {
                     let a = try allocate(near: site)
@@ -314,16 +337,20 @@ public final class FunctionHooks: @unchecked Sendable {
                     allocator.makeVisible()
                     stub = a
                     target = a.address
+                    let length = Trampolines.farJump(to: replacement).count
+                    handle = CodeRegistry.shared.register(CodeRegistration(name: name, kind: .patch, address: a.address, size: length,
+                                                                           unwind: .frames([Trampolines.entryFrame(length: length)])))
                 }
                 do throws(ProbeError) {
                     try poker.patch(site, with: rel32Instruction(0xE9, from: site, to: target)!, emulate: .jump(to: target))
                 } catch {
+                    if let handle { CodeRegistry.shared.unregister(handle) }
                     if let a = stub { try? allocator.free(a) }
                     throw error
                 }
                 let patch = LivePatch(id: s.nextID, function: function, replacement: replacement)
                 s.nextID += 1
-                s.patches[patch.id] = PatchRecord(patch: patch, site: site, stub: stub)
+                s.patches[patch.id] = PatchRecord(patch: patch, site: site, stub: stub, name: handle)
                 s.sites[site] = "live patch \(patch.id)"
                 return .success(patch)
             } catch {
@@ -340,7 +367,7 @@ public final class FunctionHooks: @unchecked Sendable {
             do throws(ProbeError) { try poker.patch(rec.site, with: s.nops[rec.site]!, emulate: .skip(length: 5)) } catch { return .failure(error) }
             s.patches[patch.id] = nil
             s.sites[rec.site] = nil
-            if let st = rec.stub { s.retired.add(st) }
+            if let st = rec.stub { s.retired.add(st, name: rec.name) }
             return .success(())
         }
         try r.get()

@@ -21,6 +21,10 @@
 // jumps back. `.automatic` uses a jump where it is safe and a trap otherwise: when the jump plan is
 // refused, or it displaces several instructions while some thread blocks the sweep's signal
 // (libdispatch's workers, and threads they start, do).
+//
+// Each slot is `execmem_probe_<function>+0x<offset>` in the code registry while it exists, with
+// call-frame information that unwinds it as the probed function at the probed instruction (see
+// ProbeSlot.prologue), so a handler's backtrace reaches the function's callers.
 
 import CExecMemProbeRuntime
 import ExecMem
@@ -199,6 +203,8 @@ public final class InstructionProbes: @unchecked Sendable {
         var slot: Allocation
         var original: [UInt8]
         var box: Unmanaged<ProbeBox>?
+        /// `execmem_probe_<function>+<offset>` in the code registry, until the slot is freed.
+        var name: CodeHandle
     }
     struct State {
         var probes: [Int: Record] = [:]
@@ -278,7 +284,8 @@ public final class InstructionProbes: @unchecked Sendable {
         for rec in s.probes.values where rec.probe.address < end && address < rec.probe.address + UInt(rec.probe.displacedBytes) {
             throw .siteInUse(address: address, by: "probe \(rec.probe.id) at \(hex(rec.probe.address))")
         }
-        let prologue = ProbeSlot.prologue(address: address, handler: handler, context: context)
+        let (prologue, slotFrame) = ProbeSlot.prologue(address: address, handler: handler, context: context)
+        var cfi = slotFrame
         let slot: Allocation
         do throws(ExecMemError) { slot = try allocator.allocate(.probes, size: prologue.count + plan.length * 3 + 32, alignment: 64) } catch { throw .allocator(error) }
         do throws(ProbeError) {
@@ -289,6 +296,9 @@ public final class InstructionProbes: @unchecked Sendable {
             let (moved, offsets) = try plan.relocated(at: codeBase)
             var code = X86Code(bytes: prologue + moved)
             code.jump(from: slot.address, to: address + UInt(plan.length))
+            // Each displaced instruction runs as the function would at its own address.
+            for (d, o) in zip(plan.displaced, offsets) { cfi.advance(to: prologue.count + o); cfi.value(.returnAddress, is: UInt64(d.address) + 1) }
+            cfi.advance(to: prologue.count + moved.count); cfi.value(.returnAddress, is: UInt64(end) + 1)
             do throws(ExecMemError) { try allocator.write(code.bytes, to: slot) } catch { throw .allocator(error) }
             allocator.makeVisible()
             if trap {
@@ -309,7 +319,11 @@ public final class InstructionProbes: @unchecked Sendable {
         }
         let probe = InstructionProbe(id: s.nextID, address: address, displacedBytes: plan.length, isTrap: trap)
         s.nextID += 1
-        s.probes[probe.id] = Record(probe: probe, slot: slot, original: plan.displaced.flatMap(\.bytes), box: box)
+        let size = ProbeSlot.size(prologue: prologue.count, plan: plan, at: slot.address)
+        let name = CodeRegistry.shared.register(CodeRegistration(
+            name: ProbeNames.probe(address, function: function.lowerBound), kind: .probe, address: slot.address, size: size,
+            unwind: .frames([CodeFrame(offset: 0, length: size, instructions: cfi.bytes)])))
+        s.probes[probe.id] = Record(probe: probe, slot: slot, original: plan.displaced.flatMap(\.bytes), box: box, name: name)
         s.byAddress[address] = probe.id
         return probe
     }
@@ -334,7 +348,7 @@ public final class InstructionProbes: @unchecked Sendable {
             }
             s.probes[probe.id] = nil
             s.byAddress[probe.address] = nil
-            s.retired.add(rec.slot, rec.box)
+            s.retired.add(rec.slot, rec.box, name: rec.name)
             return .success(())
         }
         try r.get()
@@ -356,17 +370,40 @@ public final class InstructionProbes: @unchecked Sendable {
 enum ProbeSlot {
     static let xsaveSize = Int(cem_xsave_size())
 
-    static func prologue(address: UInt, handler: UInt, context: UInt) -> [UInt8] {
+    /// Bytes the slot's code takes (prologue, relocated instructions, jump back).
+    static func size(prologue: Int, plan: ProbePlan, at base: UInt) -> Int {
+        guard let (moved, _) = try? plan.relocated(at: base + UInt(prologue)) else { return prologue }
+        var c = X86Code(bytes: [UInt8](repeating: 0, count: prologue) + moved)
+        c.jump(from: base, to: plan.address + UInt(plan.length))
+        return c.bytes.count
+    }
+
+    /// The prologue and its call-frame information. The slot runs in the probed function's frame,
+    /// as if the function were still at the probed instruction: CFA = the thread's rsp there, the
+    /// "return address" the probed address + 1 (so the unwinder looks up the function's own rules at
+    /// the probed address, as for a call made there), and each register, once saved in the block,
+    /// at its place in it. The block is 272 bytes below the CFA (the red zone, rflags, 17 words).
+    static func prologue(address: UInt, handler: UInt, context: UInt) -> (bytes: [UInt8], cfi: CFIProgram) {
         var c = X86Code()
+        var cfi = CFIProgram()
+        cfi.defineCFA(.rsp, offset: 0)
+        cfi.value(.returnAddress, is: UInt64(address) + 1)
         c.emit(0x48, 0x8D, 0x64, 0x24, 0x80)  // lea rsp, [rsp-128]: step over the red zone
+        cfi.advance(to: c.bytes.count); cfi.cfaOffset(128)
         c.emit(0x9C)  // pushfq
+        cfi.advance(to: c.bytes.count); cfi.cfaOffset(136)
         c.emit(0x48, 0x81, 0xEC); c.imm32(136)  // sub rsp, 136: 16 registers and rip
-        for r: UInt8 in 0..<16 where r != 4 { c.movRSP(store: true, r, Int32(r) * 8) }
+        cfi.advance(to: c.bytes.count); cfi.cfaOffset(272)
+        for r: UInt8 in 0..<16 where r != 4 {
+            c.movRSP(store: true, r, Int32(r) * 8)
+            cfi.advance(to: c.bytes.count); cfi.saved(dwarf(r), at: 272 - 8 * Int(r))
+        }
         c.emit(0x48, 0x8D, 0x84, 0x24); c.imm32(136 + 8 + 128)  // lea rax, [rsp+272]: the thread's rsp
         c.movRSP(store: true, 0, 32)
         c.movabs(0, UInt64(address))
         c.movRSP(store: true, 0, 128)  // rip
         c.emit(0x48, 0x89, 0xE3)  // mov rbx, rsp
+        cfi.advance(to: c.bytes.count); cfi.defineCFA(.rbx, offset: 272)
         if xsaveSize > 0 {
             c.emit(0x48, 0x81, 0xEC); c.imm32(Int32(xsaveSize))  // sub rsp, size
             c.emit(0x48, 0x83, 0xE4, 0xC0)  // and rsp, -64
@@ -390,10 +427,23 @@ enum ProbeSlot {
             c.emit(0x48, 0x0F, 0xAE, 0x0C, 0x24)  // fxrstor64 [rsp]
         }
         c.emit(0x48, 0x89, 0xDC)  // mov rsp, rbx
-        for r: UInt8 in 0..<16 where r != 4 { c.movRSP(store: false, r, Int32(r) * 8) }
+        cfi.advance(to: c.bytes.count); cfi.defineCFA(.rsp, offset: 272)
+        for r: UInt8 in 0..<16 where r != 4 {
+            c.movRSP(store: false, r, Int32(r) * 8)
+            cfi.advance(to: c.bytes.count); cfi.restored(dwarf(r))
+        }
         c.emit(0x48, 0x8D, 0xA4, 0x24); c.imm32(136)  // lea rsp, [rsp+136]
+        cfi.advance(to: c.bytes.count); cfi.cfaOffset(136)
         c.emit(0x9D)  // popfq
+        cfi.advance(to: c.bytes.count); cfi.cfaOffset(128)
         c.emit(0x48, 0x8D, 0xA4, 0x24); c.imm32(128)  // lea rsp, [rsp+128]
-        return c.bytes
+        cfi.advance(to: c.bytes.count); cfi.cfaOffset(0)
+        return (c.bytes, cfi)
+    }
+
+    /// DWARF's number for the register with x86 encoding `r` (rax 0, rcx 1, rdx 2, rbx 3, ...).
+    static func dwarf(_ r: UInt8) -> CFIProgram.Register {
+        let order: [CFIProgram.Register] = [.rax, .rcx, .rdx, .rbx, .rsp, .rbp, .rsi, .rdi, .r8, .r9, .r10, .r11, .r12, .r13, .r14, .r15]
+        return order[Int(r)]
     }
 }

@@ -43,4 +43,9 @@ void cem_deregister_frame(const void *section);
 /// addresses (the first is the caller of this function). Returns how many it filled.
 int cem_unwind_backtrace(uintptr_t *addresses, int capacity);
 
+/// The calling thread's depth of CodeRegistry.batch (a batch defers only its own thread's flushes).
+void cem_batch_enter(void);
+void cem_batch_leave(void);
+int cem_batch_depth(void);
+
 #endif

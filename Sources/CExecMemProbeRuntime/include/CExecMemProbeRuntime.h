@@ -68,10 +68,11 @@ int cem_sweep_threads(const struct cem_move *moves, size_t count, int timeout_ms
 int cem_threads_blocking_sweep(void);
 
 /// Exit hooks: push the caller's return address (with the hook) on entry (0 when the shadow stack is
-/// full: the exit then goes unreported); pop it on return, which also calls
-/// `cem_exit_handler(hook, function, return value)` when it is set, and returns the real return address.
+/// full: the exit then goes unreported); pop it on return, which stores the real return address in
+/// `*slot` (the exit trampoline's return-address slot, so the unwinder finds it), then calls
+/// `cem_exit_handler(hook, function, return value)` when it is set, and returns the address.
 int cem_shadow_push(uint64_t return_address, uint64_t hook, uint64_t function);
-uint64_t cem_shadow_pop(uint64_t return_value);
+uint64_t cem_shadow_pop(uint64_t return_value, uint64_t *slot);
 
 /// Sets the exit handler every exit hook reports to.
 void cem_set_exit_handler(void (*handler)(uint64_t hook, uint64_t function, uint64_t return_value));

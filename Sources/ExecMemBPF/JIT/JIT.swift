@@ -17,6 +17,8 @@
 //   loop header:          [jmp header] pad: sub r9, W; jb budget-fault; header: ...
 //                         (back edges go to the pad, so straight-line code pays nothing)
 //   fault:                rsp = remembered rsp, r0 = 0, restore and return (the block says why)
+//
+// Every piece is named in the code registry and described to the unwinder (JIT+Frames.swift).
 
 import ExecMem
 import Glibc
@@ -56,7 +58,7 @@ enum BPFJIT {
             size = emitter.link(base: nil).bytes.count
             allocation = try allocate(allocator, size)
         }
-        let code = emitter.link(base: allocation.address).bytes
+        let (code, position) = emitter.link(base: allocation.address)
         do throws(ExecMemError) {
             try allocator.write(code, to: allocation)
         } catch {
@@ -64,7 +66,8 @@ enum BPFJIT {
             throw .allocator(error)
         }
         allocator.makeVisible()
-        return JITCode(allocator: allocator, allocation: allocation)
+        let pieces = compiler.registrations(at: allocation.address, size: code.count, position: position)
+        return JITCode(allocator: allocator, allocation: allocation, registrations: pieces)
     }
 
     static func allocate(_ allocator: ExecMemAllocator, _ size: Int) throws(BPFError) -> Allocation {
@@ -103,6 +106,8 @@ struct Compiler {
     var writes: [Int: UInt16] = [:]
     /// Instructions some jump or call lands on.
     var isTarget: [Bool]
+    /// Where the frames change, for the call-frame information (JIT+Frames.swift).
+    var layout = JITLayout()
 
     enum Cold {
         /// Record `fault` at `index` (r11 holds the address; `restore` says how to rebuild it).
@@ -159,7 +164,13 @@ struct Compiler {
         // Whether the code emitted last continues into what comes next (the budget pad of a loop
         // header must be jumped over then: only back edges pay it).
         var continues = false
+        var function = 0
+        let starts = program.verified.functions
         while i < code.count {
+            while function < starts.count && starts[function] <= i {
+                layout.functionStarts.append(e.count)
+                function += 1
+            }
             if let pad = pads[i], options.budget {
                 if continues { e.jmp(labels[i]) }
                 e.bind(pad)
@@ -198,7 +209,9 @@ struct Compiler {
             if d.operation == .lddw { e.bind(labels[i + 1]); i += 2 } else { i += 1 }
         }
         e.bind(labels[code.count])
+        layout.bodyEnd = e.count
         outOfLine()
+        layout.end = e.count
         return e
     }
 
@@ -206,62 +219,6 @@ struct Compiler {
         let l = e.newLabel()
         cold.append((l, kind))
         return l
-    }
-
-    // MARK: - Entry and exits
-
-    /// `uint64_t entry(uint64_t r1, uint64_t r2, uint64_t *block)`.
-    mutating func entryStub() {
-        for r in [X86Reg.rbp, .rbx, .r12, .r13, .r14, .r15] { e.push(r) }  // rsp = 8 mod 16 now
-        e.mov(block, .rdx)
-        e.store(.rsp, base: block, disp: RunContext.Field.entryRsp.offset, size: 8)
-        e.load(.rbp, base: block, disp: RunContext.Field.stackHi.offset, size: 8)
-        e.load(BPFJIT.budget, base: block, disp: RunContext.Field.budget.offset, size: 8)
-        for r in [X86Reg.rax, .rdx, .rcx, .r8, .rbx, .r13, .r14, .r15] { e.alu(0x31, r, r, wide: false) }  // r0, r3-r9 = 0
-        e.call(labels[0])  // main's body runs with rsp = 0 mod 16
-        e.bind(returnPath)
-        for r in [X86Reg.r15, .r14, .r13, .r12, .rbx, .rbp] { e.pop(r) }
-        e.ret()
-    }
-
-    mutating func outOfLine() {
-        for c in cold {
-            e.bind(c.label)
-            switch c.kind {
-            case let .fault(f, index, restore):
-                switch restore {
-                case .none: break
-                case .addMemLo: e.aluMemory(0x03, .r11, base: block, disp: RunContext.Field.memLo.offset)
-                case .addR10: e.alu(0x01, .r11, .r10, wide: true)
-                case let .lea(r, disp): e.lea(.r11, base: r, disp: disp)
-                }
-                e.movImm32(.r10, Int32(index << 8 | Int(f.rawValue)))
-                e.jmp(faultCommon)
-            case let .helperFault(index):
-                e.movImm32(.r10, Int32(index))
-                e.jmp(helperFaultCommon)
-            }
-        }
-        // r10 = index << 8 | fault, r11 = address: record them and leave.
-        e.bind(faultCommon)
-        e.store(.r11, base: block, disp: RunContext.Field.faultAddress.offset, size: 8)
-        e.store(.rbp, base: block, disp: RunContext.Field.faultFrame.offset, size: 8)
-        e.mov(.r11, .r10)
-        e.aluImm(4, .r11, 0xFF, wide: true)
-        e.store(.r11, base: block, disp: RunContext.Field.fault.offset, size: 8)
-        e.shift(5, .r10, count: 8, wide: true)
-        e.bind(helperFaultCommon)
-        e.store(.r10, base: block, disp: RunContext.Field.faultIndex.offset, size: 8)
-        let leave = e.newLabel()
-        e.jmp(leave)
-        // A helper asked to unwind: return 0 at once.
-        e.bind(unwind)
-        e.storeImm64(base: block, disp: RunContext.Field.unwound.offset, 1)
-        // Drop every eBPF frame and return 0; the block says what happened.
-        e.bind(leave)
-        e.load(.rsp, base: block, disp: RunContext.Field.entryRsp.offset, size: 8)
-        e.alu(0x31, .rax, .rax, wide: false)
-        e.jmp(returnPath)
     }
 
     // MARK: - Instructions
@@ -515,27 +472,6 @@ struct Compiler {
         case .slt: .less
         case .sle: .lessOrEqual
         }
-    }
-
-    mutating func callLocal(_ d: BPFDecoded, at index: Int) {
-        // One frame deeper: rbp - 512 must stay at or above the floor; then pay for the callee.
-        e.lea(.r11, base: .rbp, disp: Int32(-BPF.stackSize))
-        e.aluMemory(0x3B, .r11, base: block, disp: RunContext.Field.callFloor.offset)
-        e.jcc(.below, coldLabel(.fault(.callDepth, index: index, restore: .none)))
-        if options.budget {
-            e.aluImm(5, BPFJIT.budget, Int32(truncatingIfNeeded: d.charge), wide: true)
-            e.jcc(.below, coldLabel(.fault(.budget, index: index, restore: .none)))
-        }
-        // Save the caller's r6-r9 that the callee writes (deeper calls save their own); r10 comes
-        // back by arithmetic. An odd number of pushes keeps rsp 16-byte aligned in the callee.
-        let written = writes[Int(d.target)] ?? 0x3FF
-        var saved: [X86Reg] = [6, 7, 8, 9].filter { written & (1 << $0) != 0 }.map { BPFJIT.map[$0] }
-        if saved.count % 2 == 0 { saved.append(.r11) }
-        for r in saved { e.push(r) }
-        e.mov(.rbp, .r11)
-        e.call(labels[Int(d.target)])
-        e.lea(.rbp, base: .rbp, disp: Int32(BPF.stackSize))
-        for r in saved.reversed() { e.pop(r) }
     }
 
     mutating func callHelper(_ d: BPFDecoded, at index: Int) {
