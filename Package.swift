@@ -80,7 +80,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),
-        .testTarget(name: "ExecMemObservabilityTests", dependencies: ["ExecMemTestSupport", "ExecMemTools", "ExecMem", "CExecMemDebug", "execmem"]),
+        .testTarget(name: "ExecMemObservabilityTests", dependencies: ["ExecMemTestSupport", "ExecMemTools", "ExecMem", "ExecMemBPF", "CExecMemDebug", "execmem"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],
     swiftLanguageModes: [.v6]

@@ -8,14 +8,17 @@
 //
 // A block's file, with room to grow in place:
 //
-//   +--------+-----------+----------------------+------------------------+------------------------+
-//   | Ehdr   | .shstrtab | Shdr x 5             | .symtab (capacity)     | .strtab (capacity)     |
-//   +--------+-----------+----------------------+------------------------+------------------------+
-//   sections: null, .text (NOBITS at the block's address), .symtab, .strtab, .shstrtab
+//   +------+-----------+-----------+--------------------+--------------------+----------------------+
+//   | Ehdr | .shstrtab | Shdr x 6  | .symtab (capacity) | .strtab (capacity) | .eh_frame (capacity) |
+//   +------+-----------+-----------+--------------------+--------------------+----------------------+
+//   sections: null, .text (NOBITS at the block's address), .symtab, .strtab, .shstrtab, .eh_frame
 //
 // Symbols are STT_FUNC, global, with absolute addresses (ET_EXEC). Removing one moves the last symbol
 // into its slot; names leave garbage in .strtab until the file is rebuilt (when full, or when half is
-// garbage), so a change costs O(1) amortized.
+// garbage), so a change costs O(1) amortized. The .eh_frame holds the synthesized frames of the
+// block's code, the same FDEs (absolute pc_begin) the unwinder sink gives libgcc: without them GDB
+// guesses JIT frames from their prologues and loses the stack above an entry stub. Removed code's
+// FDEs are emptied in place, like its symbols' names, until a rebuild.
 
 import CExecMemDebug
 
@@ -70,10 +73,10 @@ final class GDBFile {
 /// A block's symbol file.
 struct BlockSymbolFile {
     static let ehdrSize = 64, shdrSize = 64, symSize = 24
-    static let shstrtab: [UInt8] = Array("\0.text\0.symtab\0.strtab\0.shstrtab\0".utf8)  // 33 bytes
+    static let shstrtab: [UInt8] = Array("\0.text\0.symtab\0.strtab\0.shstrtab\0.eh_frame\0".utf8)  // 43 bytes
     static let shstrtabAt = ehdrSize
-    static let shdrsAt = ehdrSize + 40
-    static let symtabAt = shdrsAt + 5 * shdrSize
+    static let shdrsAt = ehdrSize + 48
+    static let symtabAt = shdrsAt + 6 * shdrSize
 
     let base: UInt
     private(set) var file: GDBFile
@@ -86,23 +89,42 @@ struct BlockSymbolFile {
     private var slots: [UInt64: [Int]] = [:]
     private var symbols: [UInt64: [CodeSymbol]] = [:]
     private var textEnd: UInt
+    private var frameCapacity: Int
+    /// Bytes of .eh_frame in use (the CIE first); `frameDead` of them are emptied FDEs.
+    private var framesUsed = BlockFrameTable.cie.count
+    private var frameDead = 0
+    private var frames: [UInt64: (UInt, [CodeFrame])] = [:]
+    private var fdes: [UInt64: [Int]] = [:]
 
     var isEmpty: Bool { symbols.isEmpty }
-    var size: Int { Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity }
+    private var framesAt: Int { Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity }
+    var size: Int { framesAt + frameCapacity }
 
-    init(base: UInt, symbols: Int = 64, strings: Int = 2048) {
+    init(base: UInt, symbols: Int = 64, strings: Int = 2048, frames: Int = 2048) {
         self.base = base
         symbolCapacity = max(symbols, 16)
         stringCapacity = max(strings, 256)
+        frameCapacity = max(frames, 256)
         textEnd = base + UInt(ExecMemGeometry.blockSize)
-        file = GDBFile(capacity: Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity)
+        file = GDBFile(capacity: Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity + frameCapacity)
         writeHeaders()
     }
 
-    mutating func add(_ id: UInt64, _ list: [CodeSymbol]) {
+    mutating func add(_ id: UInt64, _ list: [CodeSymbol], frames f: (UInt, [CodeFrame])? = nil) {
         let need = list.reduce(0) { $0 + $1.name.utf8.count + 1 }
-        if owners.count + list.count > symbolCapacity || stringsUsed + need > stringCapacity {
-            rebuild(extraSymbols: list.count, extraStrings: need)
+        let frameBytes = f?.1.reduce(0) { $0 + BlockFrameTable.fdeSize($1) } ?? 0
+        if owners.count + list.count > symbolCapacity || stringsUsed + need > stringCapacity || framesUsed + frameBytes > frameCapacity {
+            rebuild(extraSymbols: list.count, extraStrings: need, extraFrames: frameBytes)
+        }
+        if let f, !f.1.isEmpty {
+            frames[id] = f
+            let region = UnsafeMutableRawBufferPointer(rebasing: file.bytes[framesAt...])
+            var mine: [Int] = []
+            for frame in f.1 {
+                mine.append(framesUsed)
+                framesUsed += BlockFrameTable.writeFDE(frame, base: f.0, into: region, at: framesUsed, cie: 0)
+            }
+            fdes[id] = mine
         }
         symbols[id] = list
         var mine: [Int] = []
@@ -119,6 +141,11 @@ struct BlockSymbolFile {
     mutating func remove(_ id: UInt64) {
         guard let mine = slots.removeValue(forKey: id), let list = symbols.removeValue(forKey: id) else { return }
         garbage += list.reduce(0) { $0 + $1.name.utf8.count + 1 }
+        frames[id] = nil
+        if let offsets = fdes.removeValue(forKey: id) {
+            let region = UnsafeMutableRawBufferPointer(rebasing: file.bytes[framesAt...])
+            for o in offsets { frameDead += BlockFrameTable.clearFDE(in: region, at: o) }
+        }
         for i in mine.sorted(by: >) {
             let last = owners.count - 1
             if i != last {
@@ -130,24 +157,30 @@ struct BlockSymbolFile {
             }
             owners.removeLast()
         }
-        if garbage > 4096 && garbage * 2 > stringsUsed { rebuild(extraSymbols: 0, extraStrings: 0) }
+        if (garbage > 4096 && garbage * 2 > stringsUsed) || (frameDead > 4096 && frameDead * 2 > framesUsed) {
+            rebuild(extraSymbols: 0, extraStrings: 0, extraFrames: 0)
+        }
         writeSizes()
     }
 
     /// Lays the file out again, with room for what is about to be added (capacity doubles).
-    private mutating func rebuild(extraSymbols: Int, extraStrings: Int) {
-        let live = symbols
+    private mutating func rebuild(extraSymbols: Int, extraStrings: Int, extraFrames: Int) {
+        let live = symbols, liveFrames = frames
         var syms = owners.count - 1 + extraSymbols, strs = stringsUsed - garbage + extraStrings
+        var frameBytes = framesUsed - frameDead + extraFrames
         syms = max(symbolCapacity, syms * 2)
         strs = max(stringCapacity, strs * 2)
-        if syms == symbolCapacity && strs == stringCapacity { syms += 1 }  // a compaction still needs a new file
+        frameBytes = max(frameCapacity, frameBytes * 2)
+        if syms == symbolCapacity && strs == stringCapacity && frameBytes == frameCapacity { syms += 1 }  // a compaction still needs a new file
         let old = file
         symbolCapacity = syms
         stringCapacity = strs
-        file = GDBFile(capacity: Self.symtabAt + syms * Self.symSize + strs)
+        frameCapacity = frameBytes
+        file = GDBFile(capacity: Self.symtabAt + syms * Self.symSize + strs + frameBytes)
         owners = [0]; stringsUsed = 1; garbage = 0; slots = [:]; symbols = [:]
+        framesUsed = BlockFrameTable.cie.count; frameDead = 0; frames = [:]; fdes = [:]
         writeHeaders()
-        for id in live.keys.sorted() { add(id, live[id]!) }
+        for id in live.keys.sorted() { add(id, live[id]!, frames: liveFrames[id]) }
         // GDB keeps reading the old file until the next announcement replaces it.
         if old.announced { _ = old.withdraw() }
     }
@@ -175,7 +208,7 @@ struct BlockSymbolFile {
         f.write(UInt16(2), at: 16); f.write(UInt16(62), at: 18); f.write(UInt32(1), at: 20)
         f.write(UInt64(Self.shdrsAt), at: 40)
         f.write(UInt16(Self.ehdrSize), at: 52); f.write(UInt16(Self.shdrSize), at: 58)
-        f.write(UInt16(5), at: 60); f.write(UInt16(4), at: 62)
+        f.write(UInt16(6), at: 60); f.write(UInt16(4), at: 62)
         f.bytes.baseAddress!.advanced(by: Self.shstrtabAt).copyMemory(from: Self.shstrtab, byteCount: Self.shstrtab.count)
         func shdr(_ i: Int, name: Int, type: UInt32, flags: UInt64, addr: UInt64, offset: Int, size: Int, link: UInt32 = 0,
                   info: UInt32 = 0, align: UInt64 = 1, entsize: UInt64 = 0) {
@@ -189,12 +222,16 @@ struct BlockSymbolFile {
         shdr(2, name: 7, type: 2, flags: 0, addr: 0, offset: Self.symtabAt, size: Self.symSize, link: 3, info: 1, align: 8, entsize: 24)
         shdr(3, name: 15, type: 3, flags: 0, addr: 0, offset: strtab, size: 1)
         shdr(4, name: 23, type: 3, flags: 0, addr: 0, offset: Self.shstrtabAt, size: Self.shstrtab.count)
+        // Absolute pc_begin: the FDEs mean the same wherever GDB thinks the section is.
+        shdr(5, name: 33, type: 1, flags: 0, addr: 0, offset: framesAt, size: framesUsed, align: 8)
+        f.bytes.baseAddress!.advanced(by: framesAt).copyMemory(from: BlockFrameTable.cie, byteCount: BlockFrameTable.cie.count)
     }
 
     private func writeSizes() {
         file.write(UInt64(textEnd - base), at: Self.shdrsAt + 1 * Self.shdrSize + 32)
         file.write(UInt64(owners.count * Self.symSize), at: Self.shdrsAt + 2 * Self.shdrSize + 32)
         file.write(UInt64(stringsUsed), at: Self.shdrsAt + 3 * Self.shdrSize + 32)
+        file.write(UInt64(framesUsed), at: Self.shdrsAt + 5 * Self.shdrSize + 32)
     }
 }
 
@@ -215,7 +252,9 @@ struct GDBSink: ~Copyable {
             return
         }
         let block = r.address >> UInt(ExecMemGeometry.blockShift)
-        files[block, default: BlockSymbolFile(base: block << UInt(ExecMemGeometry.blockShift))].add(id, r.symbols)
+        var frames: (UInt, [CodeFrame])? = nil
+        if case .frames(let list)? = r.unwind { frames = (r.address, list) }
+        files[block, default: BlockSymbolFile(base: block << UInt(ExecMemGeometry.blockShift))].add(id, r.symbols, frames: frames)
         dirty.insert(block)
     }
 

@@ -182,8 +182,7 @@ struct BlockFrameTable {
         if registered { cem_deregister_frame(buffer.baseAddress!); registered = false }
         for list in pendingRemovals {
             for o in list {
-                buffer.storeBytes(of: UInt64(0), toByteOffset: o + 8, as: UInt64.self)
-                dead += Int(UInt32(littleEndian: buffer.load(fromByteOffset: o, as: UInt32.self))) + 4
+                dead += Self.clearFDE(in: buffer, at: o)
             }
         }
         pendingRemovals.removeAll()
@@ -217,19 +216,31 @@ struct BlockFrameTable {
         let (base, list) = frames[id]!
         var mine: [Int] = []
         for f in list {
-            let size = Self.fdeSize(f)
-            let at = used
-            buffer.storeBytes(of: UInt32(size - 4).littleEndian, toByteOffset: at, as: UInt32.self)
-            buffer.storeBytes(of: UInt32(at + 4).littleEndian, toByteOffset: at + 4, as: UInt32.self)  // back to the CIE at 0
-            buffer.storeBytes(of: UInt64(base + UInt(f.offset)).littleEndian, toByteOffset: at + 8, as: UInt64.self)
-            buffer.storeBytes(of: UInt64(f.length).littleEndian, toByteOffset: at + 16, as: UInt64.self)
-            buffer.storeBytes(of: UInt8(0), toByteOffset: at + 24, as: UInt8.self)
-            for (i, b) in f.instructions.enumerated() { buffer.storeBytes(of: b, toByteOffset: at + 25 + i, as: UInt8.self) }
-            for i in (25 + f.instructions.count)..<size { buffer.storeBytes(of: UInt8(0), toByteOffset: at + i, as: UInt8.self) }
-            mine.append(at)
-            used += size
+            mine.append(used)
+            used += Self.writeFDE(f, base: base, into: buffer, at: used, cie: 0)
         }
         offsets[id] = mine
+    }
+
+    /// Writes `f`'s FDE (absolute pc_begin, for code at `base + f.offset`) at `at`, pointing back to
+    /// the CIE at `cie`; returns its size. The GDB sink writes the same FDEs into its symbol files.
+    static func writeFDE(_ f: CodeFrame, base: UInt, into buffer: UnsafeMutableRawBufferPointer, at: Int, cie: Int) -> Int {
+        let size = fdeSize(f)
+        buffer.storeBytes(of: UInt32(size - 4).littleEndian, toByteOffset: at, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(at + 4 - cie).littleEndian, toByteOffset: at + 4, as: UInt32.self)
+        buffer.storeBytes(of: UInt64(base + UInt(f.offset)).littleEndian, toByteOffset: at + 8, as: UInt64.self)
+        buffer.storeBytes(of: UInt64(f.length).littleEndian, toByteOffset: at + 16, as: UInt64.self)
+        buffer.storeBytes(of: UInt8(0), toByteOffset: at + 24, as: UInt8.self)
+        for (i, b) in f.instructions.enumerated() { buffer.storeBytes(of: b, toByteOffset: at + 25 + i, as: UInt8.self) }
+        for i in (25 + f.instructions.count)..<size { buffer.storeBytes(of: UInt8(0), toByteOffset: at + i, as: UInt8.self) }
+        return size
+    }
+
+    /// Empties the FDE at `at` (pc_begin and range 0: libgcc and GDB skip it); returns its size.
+    static func clearFDE(in buffer: UnsafeMutableRawBufferPointer, at: Int) -> Int {
+        buffer.storeBytes(of: UInt64(0), toByteOffset: at + 8, as: UInt64.self)
+        buffer.storeBytes(of: UInt64(0), toByteOffset: at + 16, as: UInt64.self)
+        return Int(UInt32(littleEndian: buffer.load(fromByteOffset: at, as: UInt32.self))) + 4
     }
 
     mutating func release() {

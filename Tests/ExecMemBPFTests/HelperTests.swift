@@ -46,7 +46,7 @@ let cHelper: BPFHelperFunction = { a, b, c, d, e in a &* 1000 &+ b &* 100 &+ c &
             let d = Int32(bitPattern: UInt32(code[i + 1]) | UInt32(code[i + 2]) << 8 | UInt32(code[i + 3]) << 16 | UInt32(code[i + 4]) << 24)
             return base &+ UInt(i + 5) &+ UInt(bitPattern: Int(d)) == target
         }
-        #expect(mem.primaryReachesExecutable)
+        #expect(mem.primaryReachesExecutable, "\(mem.notes); \(mem.ranges)")
         #expect(directCalls.count == 1, "one call rel32 straight to the helper")
         #expect(try p.run(engine: .jit) == 0)
     }

@@ -1,12 +1,11 @@
 // perf names the code ExecMem holds, with the real tool: `perf record -e cpu-clock` of a loop in
 // registered code, then `perf report` through the map file (`/tmp/perf-<pid>.map`), and through
-// the jitdump (`perf record -k mono`, `perf inject --jit`). The selftest loop is registered by hand
-// and must pass now; the eBPF program, the module function and the hook stub need their clients'
-// registrations and fail, saying so, until those are merged.
+// the jitdump (`perf record -k mono`, `perf inject --jit`): the selftest loop (registered by hand),
+// a JIT-compiled eBPF program, a loaded module's function and a hook stub, on the default backing.
 //
-// The map file only names samples perf attributes to anonymous memory: the memfd backing's text
-// shows as `memfd:execmem-text (deleted)`, a file perf cannot open, so the map cases run on
-// `--backing anonymous` (and one case records what the memfd backing still shows).
+// The map file only names samples perf attributes to anonymous memory: the default backing's views
+// are shared anonymous memory (`/dev/zero (deleted)`), which perf counts as such; a memfd view
+// (`memfd:execmem-text (deleted)`) was a file perf could not open, and no sample in it was named.
 
 import ExecMemTestSupport
 import Foundation
@@ -28,7 +27,7 @@ struct PerfTests {
     @Test func mapFileNamesHandRegisteredCode() throws {
         let dir = try scratch("execmem-perf")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "600", "--perf", "--backing", "anonymous"],
+        let (report, _) = try perfReport([execmemBinary, "selftest", "spin", "--milliseconds", "600", "--perf"],
                                          in: dir, jitdump: false)
         let share = Self.share(of: NSRegularExpression.escapedPattern(for: Self.spin), in: report)
         #expect((share ?? 0) > 20, "the loop should take most samples, named: \(report.prefix(1500))")
@@ -66,10 +65,10 @@ struct PerfTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Self.bpfLoop.write(toFile: "\(dir)/spin.s", atomically: true, encoding: .utf8)
         let (report, run) = try perfReport([execmemBinary, "bpf", "run", "\(dir)/spin.s", "--budget", "1000000000", "--times", "3",
-                                            "--perf", "--backing", "anonymous"], in: dir, jitdump: jitdump)
+                                            "--perf"], in: dir, jitdump: jitdump)
         #expect(run.output.contains("0x2faf080"), "the program ran: \(run.output) \(run.errors)")
         let share = Self.share(of: "bpf_prog_[0-9a-f]{16}_", in: report)
-        #expect((share ?? 0) > 20, "no bpf_prog_<tag>_<name> (the BPF client registers nothing yet?): \(report.prefix(1500))")
+        #expect((share ?? 0) > 20, "no bpf_prog_<tag>_<name> : \(report.prefix(1500))")
         #expect(!report.contains("memfd:"))
     }
 
@@ -91,10 +90,10 @@ struct PerfTests {
         let dir = try scratch("execmem-perf")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let object = try compileC(Self.spinModule, name: "spinmod", in: dir, flags: ["-O1"])
-        let (report, run) = try perfReport([execmemBinary, "load", object, "--perf", "--backing", "anonymous"], in: dir, jitdump: jitdump)
+        let (report, run) = try perfReport([execmemBinary, "load", object, "--perf"], in: dir, jitdump: jitdump)
         #expect(run.status == 0, "\(run.errors)")
         let share = Self.share(of: "spin_loop \\[[^]]*spinmod[^]]*\\]", in: report)
-        #expect((share ?? 0) > 20, "no `spin_loop [module]` (the loader registers nothing yet?): \(report.prefix(1500))")
+        #expect((share ?? 0) > 20, "no `spin_loop [module]`: \(report.prefix(1500))")
         #expect(!report.contains("memfd:"))
     }
 
@@ -103,10 +102,10 @@ struct PerfTests {
         let dir = try scratch("execmem-perf")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let object = try compileC(Self.spinModule, name: "spinmod", in: dir, flags: ["-O1", "-fpatchable-function-entry=5"])
-        let (report, run) = try perfReport([execmemBinary, "trace", object, "--functions", "leaf", "--perf", "--backing", "anonymous", "--", "hooks"],
+        let (report, run) = try perfReport([execmemBinary, "trace", object, "--functions", "leaf", "--perf", "--", "hooks"],
                                            in: dir, jitdump: jitdump)
         #expect(run.status == 0, "\(run.errors)")
-        #expect(report.contains("execmem_hook_leaf"), "no execmem_hook_leaf (the probes client registers nothing yet?): \(report.prefix(1500))")
+        #expect(report.contains("execmem_hook_leaf"), "no execmem_hook_leaf: \(report.prefix(1500))")
         #expect(Self.share(of: "leaf \\[[^]]*spinmod", in: report) != nil, "the hooked function itself is not named: \(report.prefix(1500))")
         #expect(!report.contains("memfd:"))
     }

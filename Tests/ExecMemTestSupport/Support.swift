@@ -3,6 +3,9 @@
 
 import ExecMem
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The compilers on this machine: the toolchain's clang always, gcc where present.
 public let compilers: [String] = ["/opt/swift/usr/bin/clang", "/usr/bin/gcc"].filter { FileManager.default.isExecutableFile(atPath: $0) }
@@ -90,4 +93,46 @@ public func fuzzRegressions(_ target: String) -> [FuzzRegression] {
 /// What `body` throws, as text, or nil when it returns.
 public func errorText(_ body: () throws -> Void) -> String? {
     do { try body(); return nil } catch { return "\(error)" }
+}
+
+/// Runs `tool` with every signal unblocked and SIGCHLD and SIGPIPE at their defaults, standard output
+/// and error to `output`, and returns what it wrote. Foundation's Process passes on the test runner's
+/// signal mask, in which SIGCHLD is blocked: GDB then never learns that its inferior stopped.
+public func runUnmasked(_ tool: String, _ arguments: [String], environment: [String: String], output: String,
+                 timeout: Duration = .seconds(300)) throws -> String {
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var none = sigset_t(), defaults = sigset_t()
+    sigemptyset(&none)
+    sigemptyset(&defaults)
+    sigaddset(&defaults, SIGCHLD)
+    sigaddset(&defaults, SIGPIPE)
+    posix_spawnattr_setsigmask(&attributes, &none)
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var files = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&files)
+    defer { posix_spawn_file_actions_destroy(&files) }
+    posix_spawn_file_actions_addopen(&files, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&files, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_adddup2(&files, 1, 2)
+    let env = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    let argv: [UnsafeMutablePointer<CChar>?] = ([tool] + arguments).map { strdup($0) } + [nil]
+    let envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { for p in argv + envp { free(p) } }
+    var pid: pid_t = 0
+    let e = posix_spawn(&pid, tool, &files, &attributes, argv, envp)
+    guard e == 0 else { throw Failure("posix_spawn \(tool): \(String(cString: strerror(e)))") }
+    let deadline = ContinuousClock.now + timeout
+    var status: Int32 = 0
+    while waitpid(pid, &status, WNOHANG) == 0 {
+        if ContinuousClock.now > deadline {
+            kill(pid, SIGKILL)
+            waitpid(pid, &status, 0)
+            throw Failure("\(tool) did not finish in \(timeout): \((try? String(contentsOfFile: output, encoding: .utf8)) ?? "")")
+        }
+        usleep(20_000)
+    }
+    return try String(contentsOfFile: output, encoding: .utf8)
 }
