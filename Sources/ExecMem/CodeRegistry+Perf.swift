@@ -34,8 +34,12 @@ struct PerfSink: ~Copyable {
     static let emX86_64: UInt32 = 62
 
     /// The name perf shows: the symbol, then `[owner]` as kallsyms shows a module's symbols.
+    /// Control characters become `?`: the map file is one line per function, and a name (a module's
+    /// symbol, its file's name) with a newline would add lines naming whatever it likes.
     static func displayName(_ s: CodeSymbol, _ r: CodeRegistration) -> String {
-        r.owner.map { "\(s.name) [\($0)]" } ?? s.name
+        let name = r.owner.map { "\(s.name) [\($0)]" } ?? s.name
+        guard name.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return name }
+        return String(String.UnicodeScalarView(name.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
     }
 
     // MARK: - Map file

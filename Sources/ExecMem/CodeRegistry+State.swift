@@ -17,8 +17,13 @@ struct RegistryState: ~Copyable {
     /// Block index -> ids of the entries touching the block, sorted by start address.
     var blocks: [UInt: [UInt64]] = [:]
     var nextID: UInt64 = 1
-    /// The largest size ever registered: no entry starting more than this below an address covers it.
-    var largest: UInt = 1
+    /// Per block, the largest size of an entry in its list: no entry starting more than this below an
+    /// address of the block covers it. Per block, not per process: one large registration (a module's
+    /// text) made every lookup and free in every other block walk back over all its entries.
+    var largest: [UInt: UInt] = [:]
+    /// The most a registration may cover (64 GiB, far beyond any allocator's range); a registration
+    /// that is larger, or that runs past the top of the address space, is not kept.
+    static let maxBytes = 1 << 36
     var perf = PerfSink()
     var gdb = GDBSink()
     var unwind = UnwindSink()
@@ -29,16 +34,34 @@ struct RegistryState: ~Copyable {
     mutating func add(_ r: CodeRegistration) -> CodeHandle {
         var r = r
         r.size = max(r.size, 1)
-        if r.symbols.isEmpty {
-            r.symbols = [CodeSymbol(name: r.name, address: r.address, size: r.size)]
-        } else if zip(r.symbols, r.symbols.dropFirst()).contains(where: { $0.address > $1.address }) {
-            r.symbols.sort { $0.address < $1.address }
-        }
         let id = nextID
         nextID += 1
+        // Ranges are checked once here, so nothing below computes an end that overflows (a trap) or
+        // walks 2^42 blocks for a size of Int.max: such a registration gets a handle naming nothing.
+        guard r.size <= Self.maxBytes, UInt.max - r.address >= UInt(r.size) else { return CodeHandle(id: id) }
+        let end = r.address + UInt(r.size)
+        if r.symbols.isEmpty {
+            r.symbols = [CodeSymbol(name: r.name, address: r.address, size: r.size)]
+        } else {
+            // Symbols lie inside the registration (sinks read a symbol's bytes, jitdump all of them).
+            r.symbols = r.symbols.compactMap { s in
+                guard s.address >= r.address, s.address < end else { return nil }
+                var s = s
+                s.size = Int(min(UInt(max(s.size, 1)), end - s.address))
+                return s
+            }
+            if r.symbols.isEmpty { r.symbols = [CodeSymbol(name: r.name, address: r.address, size: r.size)] }
+            if zip(r.symbols, r.symbols.dropFirst()).contains(where: { $0.address > $1.address }) { r.symbols.sort { $0.address < $1.address } }
+        }
+        // Frames too: an FDE outside the code would give the unwinder rules for someone else's.
+        if case .frames(let list)? = r.unwind {
+            r.unwind = .frames(list.filter { $0.offset >= 0 && $0.length > 0 && $0.offset < r.size && $0.length <= r.size - $0.offset })
+        }
         let e = RegistryEntry(registration: r)
-        largest = max(largest, UInt(r.size))
-        for b in e.firstBlock...e.lastBlock { insert(id, start: r.address, block: b) }
+        for b in e.firstBlock...e.lastBlock {
+            insert(id, start: r.address, block: b)
+            largest[b] = max(largest[b] ?? 1, UInt(r.size))
+        }
         entries[id] = e
         feed(id, into: sinks)
         return CodeHandle(id: id)
@@ -75,7 +98,7 @@ struct RegistryState: ~Copyable {
         for b in e.firstBlock...e.lastBlock {
             guard let i = position(of: id, start: e.registration.address, block: b) else { continue }
             blocks[b]!.remove(at: i)  // in place, as in `insert`
-            if blocks[b]!.isEmpty { blocks[b] = nil }
+            if blocks[b]!.isEmpty { blocks[b] = nil; largest[b] = nil }
         }
         gdb.remove(id, e.registration)
         unwind.remove(id, e.registration)
@@ -114,16 +137,20 @@ struct RegistryState: ~Copyable {
     }
 
     func ids(overlapping address: UInt, size: Int) -> [UInt64] {
-        let end = address + UInt(max(size, 1))
+        let end = address &+ UInt(max(size, 1)) < address ? UInt.max : address + UInt(max(size, 1))
         var out: [UInt64] = []
         let shift = UInt(ExecMemGeometry.blockShift)
-        for b in (address >> shift)...((end - 1) >> shift) {
+        let first = address >> shift, last = (end - 1) >> shift
+        // A range of more blocks than are in use (a size of Int.max) visits only those in use.
+        let touched = last - first >= UInt(blocks.count) ? blocks.keys.filter { $0 >= first && $0 <= last }.sorted() : Array(first...last)
+        for b in touched {
             guard let list = blocks[b] else { continue }
+            let largest = largest[b] ?? 1
             // Walk back from the last entry starting before `end` while one could still reach `address`.
             var i = lastIndex(in: list, startingBefore: end)
             while i >= 0 {
                 let r = entries[list[i]]!.registration
-                if r.address + largest <= address { break }
+                if r.address <= address && address - r.address >= largest { break }
                 if r.address + UInt(r.size) > address && !out.contains(list[i]) { out.append(list[i]) }
                 i -= 1
             }
@@ -142,12 +169,14 @@ struct RegistryState: ~Copyable {
     }
 
     func locate(_ address: UInt) -> CodeLocation? {
-        guard let list = blocks[address >> UInt(ExecMemGeometry.blockShift)] else { return nil }
+        let block = address >> UInt(ExecMemGeometry.blockShift)
+        guard let list = blocks[block] else { return nil }
+        let largest = largest[block] ?? 1
         // The latest-starting entry that covers `address` (pieces may nest: a stub inside a module's span).
-        var i = lastIndex(in: list, startingBefore: address + 1)
+        var i = address == .max ? list.count - 1 : lastIndex(in: list, startingBefore: address + 1)
         while i >= 0 {
             let r = entries[list[i]]!.registration
-            if r.address + largest <= address { break }
+            if address - r.address >= largest { break }
             if address < r.address + UInt(r.size) { return Self.locate(address, in: r) }
             i -= 1
         }

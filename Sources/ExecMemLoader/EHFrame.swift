@@ -27,6 +27,8 @@ struct EHFrame {
         let pcBegin: Int
         /// Bytes of pc_begin and of pc_range (from the CIE's FDE encoding).
         let width: Int
+        /// The CIE's FDE pointer encoding (DW_EH_PE_absptr or DW_EH_PE_pcrel, of a fixed-size format).
+        var encoding: UInt8 = 0
     }
 
     let fdes: [FDE]
@@ -46,7 +48,7 @@ struct EHFrame {
         }
         // First pass: the records, and each CIE's FDE encoding width.
         var records: [(start: Int, body: Int, end: Int, id: UInt32)] = []
-        var cieWidths: [Int: Int] = [:]
+        var cieWidths: [Int: (width: Int, encoding: UInt8)] = [:]
         var at = 0
         while at < bytes.count {
             let length = try u32(at)
@@ -66,15 +68,15 @@ struct EHFrame {
         var fdes: [FDE] = []
         for r in records where r.id != 0 {
             let cie = r.body - Int(r.id)
-            guard let width = cieWidths[cie] else { throw bad(r.start, "FDE's CIE pointer \(r.id) names no CIE") }
+            guard let (width, encoding) = cieWidths[cie] else { throw bad(r.start, "FDE's CIE pointer \(r.id) names no CIE") }
             guard r.body + 4 + 2 * width <= r.end else { throw bad(r.start, "FDE of \(r.end - r.start) bytes is too short for its pc_begin and pc_range") }
-            fdes.append(FDE(record: r.start..<r.end, pcBegin: r.body + 4, width: width))
+            fdes.append(FDE(record: r.start..<r.end, pcBegin: r.body + 4, width: width, encoding: encoding))
         }
         self.fdes = fdes
     }
 
     /// The width of pc_begin in the FDEs of the CIE whose body (after its id) is `bytes[body..<end]`.
-    private static func fdeWidth(cie bytes: [UInt8], body: Int, end: Int, bad: (Int, String) -> LoaderError) throws(LoaderError) -> Int {
+    private static func fdeWidth(cie bytes: [UInt8], body: Int, end: Int, bad: (Int, String) -> LoaderError) throws(LoaderError) -> (width: Int, encoding: UInt8) {
         var p = body
         func byte() throws(LoaderError) -> UInt8 {
             guard p < end else { throw bad(p, "CIE ends inside its header") }
@@ -93,25 +95,34 @@ struct EHFrame {
         if version == 1 { _ = try byte() } else { try leb() }  // return address register
         guard augmentation.first == UInt8(ascii: "z") else {
             guard augmentation.isEmpty else { throw bad(body, "CIE augmentation '\(String(decoding: augmentation, as: UTF8.self))' without 'z'") }
-            return 8  // absptr
+            return (8, 0)  // absptr
         }
         try leb()  // augmentation data length
         var encoding: UInt8 = 0
         for c in augmentation.dropFirst() {
             switch c {
             case UInt8(ascii: "R"): encoding = try byte()
-            case UInt8(ascii: "L"): _ = try byte()
+            case UInt8(ascii: "L"):
+                // libgcc reads the LSDA pointer with this encoding: one it has no base for aborts it.
+                let e = try byte()
+                guard e == 0xFF || (width(e) != nil && isPlain(e)) else { throw bad(p - 1, "LSDA encoding 0x\(String(e, radix: 16))") }
             case UInt8(ascii: "P"):
                 let e = try byte()
-                guard let w = width(e) else { throw bad(p, "personality encoding 0x\(String(e, radix: 16))") }
+                guard let w = width(e), isPlain(e & 0x7F) else { throw bad(p - 1, "personality encoding 0x\(String(e, radix: 16))") }
                 p += w
             case UInt8(ascii: "S"), UInt8(ascii: "B"): break
             default: throw bad(body, "CIE augmentation '\(String(decoding: augmentation, as: UTF8.self))'")
             }
         }
-        guard p <= end, let w = width(encoding) else { throw bad(body, "CIE with FDE encoding 0x\(String(encoding, radix: 16))") }
-        return w
+        // Only what a linker and libgcc agree on: an absolute or pc-relative value of fixed size. libgcc
+        // aborts on an FDE encoding it has no base for (funcrel, or 0x50-0x70 beyond aligned) and
+        // dereferences an indirect one (DW_EH_PE_indirect), at the first frame lookup in the process.
+        guard p <= end, let w = width(encoding), isPlain(encoding) else { throw bad(body, "CIE with FDE encoding 0x\(String(encoding, radix: 16))") }
+        return (w, encoding)
     }
+
+    /// Whether `encoding` is absptr or pcrel, not indirect (the formats `width` takes).
+    static func isPlain(_ encoding: UInt8) -> Bool { encoding & 0xF0 == 0x00 || encoding & 0xF0 == 0x10 }
 
     /// Bytes of a fixed-size DW_EH_PE encoding (nil for LEB128 and omitted values).
     static func width(_ encoding: UInt8) -> Int? {
@@ -134,6 +145,8 @@ extension Link {
         let size: Int
         /// Offsets in the bucket and widths of the pc_range fields of FDEs of init text.
         var initRanges: [(offset: Int, width: Int)] = []
+        /// The table's FDEs (offsets in the section).
+        var fdes: [EHFrame.FDE] = []
     }
 
     /// Reads every loaded `.eh_frame`: finds the FDEs of functions left out (their relocations are
@@ -147,7 +160,7 @@ extension Link {
                 let relocations = obj.relocations[s.index] ?? []
                 var byOffset: [UInt64: ELFRelocation] = [:]
                 for r in relocations where r.type != 0 { byOffset[r.offset] = r }
-                var frame = FrameTable(object: o, bucket: bucket, offset: offset, size: s.size)
+                var frame = FrameTable(object: o, bucket: bucket, offset: offset, size: s.size, fdes: table.fdes)
                 var discarded: [EHFrame.FDE] = []
                 for f in table.fdes {
                     guard let r = byOffset[UInt64(f.pcBegin)], r.symbolIndex < obj.elf.symbols.count else { continue }
@@ -172,6 +185,42 @@ extension Link {
             guard let (bucket, offset) = layout.place[key] else { continue }
             for f in fdes {
                 for i in 0..<f.width { images[bucket.rawValue][offset + f.pcBegin + f.width + i] = 0 }
+            }
+        }
+    }
+
+    /// Checks, in the relocated images, that every FDE libgcc will see covers only the module's own
+    /// text: a pc_begin relocated against a host function (or with an addend that lands elsewhere),
+    /// or a pc_range past the text, would put the module's rules over code it does not own, and
+    /// libgcc searches registered tables before the executable's and libraries' own.
+    func checkFrameRanges(_ images: [[UInt8]], _ a: Addresses) throws(LoaderError) {
+        let text = [Bucket.text, .initText].compactMap { b -> Range<UInt>? in
+            let size = layout.size[b.rawValue]
+            return size > 0 ? a.base[b.rawValue]..<(a.base[b.rawValue] + UInt(size)) : nil
+        }
+        for t in frames {
+            let image = images[t.bucket.rawValue]
+            func read(_ at: Int, _ width: Int, signed: Bool) -> UInt64 {
+                var v: UInt64 = 0
+                for i in 0..<width { v |= UInt64(image[t.offset + at + i]) << (8 * UInt64(i)) }
+                if signed && width < 8 && v >> (8 * UInt64(width) - 1) & 1 == 1 { v |= ~0 << (8 * UInt64(width)) }
+                return v
+            }
+            for f in t.fdes {
+                let format = f.encoding & 0x0F
+                // As libgcc reads them (classify_object_over_fdes, linear_search_fdes): both fields
+                // in the encoding's format, sign-extended for the signed ones, pc_begin pc-relative
+                // when the encoding says so.
+                let range = read(f.pcBegin + f.width, f.width, signed: format >= 0x09)
+                var begin = read(f.pcBegin, f.width, signed: format >= 0x09)
+                if f.encoding & 0x70 == 0x10 { begin = begin &+ UInt64(a.base[t.bucket.rawValue] + UInt(t.offset + f.pcBegin)) }
+                // libgcc skips an FDE whose pc_begin is zero in the encoding's bits, and one of no range.
+                let mask: UInt64 = f.width < 8 ? (1 << (8 * UInt64(f.width))) - 1 : ~0
+                if range == 0 || begin & mask == 0 { continue }
+                let (end, overflow) = begin.addingReportingOverflow(range)
+                guard !overflow, text.contains(where: { UInt64($0.lowerBound) <= begin && end <= UInt64($0.upperBound) }) else {
+                    throw .badInput(object: objects[t.object].name, reason: ".eh_frame+0x\(String(f.record.lowerBound, radix: 16)): FDE covers 0x\(String(begin, radix: 16))-0x\(String(end, radix: 16)), outside the module's text")
+                }
             }
         }
     }

@@ -92,6 +92,7 @@ public final class LoadedModule: @unchecked Sendable {
         do {
             throughVeneers = try link.relocate(&images, addresses)
             link.emptyDiscardedFDEs(&images)
+            try link.checkFrameRanges(images, addresses)
             if !link.gotOrder.isEmpty {
                 let got = try link.gotContents(addresses)
                 for (i, v) in got.enumerated() { for k in 0..<8 { images[Bucket.rodata.rawValue][link.gotOffset + i * 8 + k] = UInt8(truncatingIfNeeded: v >> (8 * k)) } }
