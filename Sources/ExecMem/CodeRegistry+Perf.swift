@@ -11,7 +11,9 @@
 // ELF file per function and `perf annotate` can disassemble it. perf finds the file through a mapping
 // of it with execute permission (the marker), read-only here. Timestamps are CLOCK_MONOTONIC, which
 // `perf record -k mono` uses. Neither format can say "unloaded": a later load at the same address
-// supersedes the earlier one.
+// supersedes the earlier one. A load whose code has call-frame information is preceded by a
+// JIT_CODE_UNWINDING_INFO record (CodeRegistry+PerfUnwind.swift) so `perf --call-graph=dwarf` can
+// walk through it; `EXECMEM_PERF_UNWIND=0` leaves those records out (for comparisons).
 
 #if canImport(Glibc)
 import Glibc
@@ -32,6 +34,8 @@ struct PerfSink: ~Copyable {
     static let jitMagic: UInt32 = 0x4A69_5444  // "JiTD"
     static let jitCodeLoad: UInt32 = 0
     static let emX86_64: UInt32 = 62
+    /// Whether loads carry unwinding records (`EXECMEM_PERF_UNWIND=0` switches them off).
+    static let unwindRecords = getenvString("EXECMEM_PERF_UNWIND") != "0"
 
     /// The name perf shows: the symbol, then `[owner]` as kallsyms shows a module's symbols.
     /// Control characters become `?`: the map file is one line per function, and a name (a module's
@@ -70,10 +74,15 @@ struct PerfSink: ~Copyable {
         if dumpFD < 0 && !openDump() { return }
         let pid = UInt32(bitPattern: Sys.processID), tid = UInt32(bitPattern: Sys.threadID)
         let now = Sys.monotonicNanoseconds()
-        for s in r.symbols {
+        // Parsed once per registration, and only here: nothing is spent on frames with jitdump off.
+        let unwinding: [[UInt8]?] = Self.unwindRecords ? PerfUnwindInfo.frames(of: r).map { f in
+            PerfUnwindInfo.records(for: r.symbols.map { ($0, max($0.size, 1)) }, cies: f.cies, fdes: f.fdes, timestamp: now)
+        } ?? [] : []
+        for (i, s) in r.symbols.enumerated() {
             let name = Array(Self.displayName(s, r).utf8) + [0]
             let size = max(s.size, 1)
             let total = 16 + 40 + name.count + size
+            if i < unwinding.count, let u = unwinding[i] { dumpPending.append(contentsOf: u) }
             var rec: [UInt8] = []
             rec.reserveCapacity(total)
             rec.appendLE(Self.jitCodeLoad); rec.appendLE(UInt32(total)); rec.appendLE(now)

@@ -110,3 +110,62 @@ struct PerfTests {
         #expect(!report.contains("memfd:"))
     }
 }
+
+// MARK: - Call graphs through held code (JIT_CODE_UNWINDING_INFO)
+
+/// `perf --call-graph=dwarf` through a loaded module: with the jitdump's unwinding records, samples
+/// in the hot leaf have the middle function, main and the host's `callMain` above them; without them
+/// (`EXECMEM_PERF_UNWIND=0`, the negative control) the chain stops at the leaf.
+@Suite(.enabled(if: FileManager.default.isExecutableFile(atPath: execmemBinary), "needs the execmem binary"),
+       .enabled(if: perfUnavailable == nil, "\(perfUnavailable ?? "")"), .serialized)
+struct PerfCallGraphTests {
+    static let chainModule = """
+        __attribute__((noinline)) long hot_leaf(long n) { long s = 0; for (long i = 0; i < n; i++) s += i ^ (s >> 3); return s; }
+        __attribute__((noinline)) long middle(long rounds) { long t = 0; for (long r = 0; r < rounds; r++) t += hot_leaf(2000000 + (t & 1)); return t; }
+        int main(int argc, char **argv) { return middle(argc > 1 ? 1 : 150) == 7; }
+        """
+
+    /// The call chains (`perf script`, innermost first) of samples whose first frame matches `leaf`.
+    static func chains(_ command: [String], environment: [String: String], in dir: String, leaf: String) throws -> [[String]] {
+        let data = "\(dir)/perf.data", injected = "\(dir)/perf.jit.data"
+        let record = ["record", "-q", "-k", "mono", "--call-graph=dwarf", "-e", "cpu-clock", "-o", data, "--"] + command
+        let run = try launch(perfPath, record, environment: environment.merging(["JITDUMPDIR": dir]) { $1 }, in: dir)
+        guard run.status == 0 else { throw Failure("perf record: status \(run.status), \(run.errors)") }
+        defer { removePerfMaps(in: dir) }
+        let inject = try launch(perfPath, ["inject", "--jit", "-i", data, "-o", injected], in: dir)
+        guard inject.status == 0 else { throw Failure("perf inject --jit: \(inject.errors)") }
+        let script = try launch(perfPath, ["script", "-i", injected, "-F", "ip,sym"], in: dir)
+        guard script.status == 0 else { throw Failure("perf script: \(script.errors)") }
+        return script.output.components(separatedBy: "\n\n").map { sample in
+            sample.split(separator: "\n").map { line in
+                String(line.trimmingCharacters(in: .whitespaces).drop { $0 != " " }.dropFirst())
+            }
+        }.filter { ($0.first.map { firstMatch(leaf, in: $0) != nil }) ?? false }
+    }
+
+    func moduleChains(unwindRecords: Bool) throws -> [[String]] {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let object = try compileC(Self.chainModule, name: "chainmod", in: dir,
+                                  flags: ["-O2", "-fomit-frame-pointer", "-fasynchronous-unwind-tables"])
+        return try Self.chains([execmemBinary, "load", object, "--perf"], environment: unwindRecords ? [:] : ["EXECMEM_PERF_UNWIND": "0"],
+                               in: dir, leaf: "^hot_leaf \\[")
+    }
+
+    @Test func moduleChainReachesTheHost() throws {
+        let chains = try moduleChains(unwindRecords: true)
+        #expect(chains.count > 50, "few samples in hot_leaf: \(chains.count)")
+        let full = chains.filter { c in
+            c.count > 3 && c[1].hasPrefix("middle [") && c[2].hasPrefix("main [") && c.dropFirst(3).contains { $0.contains("callMain") }
+        }
+        #expect(Double(full.count) > 0.8 * Double(chains.count),
+                "\(full.count) of \(chains.count) leaf samples reach middle, main and callMain; one: \(chains.first ?? [])")
+    }
+
+    @Test func moduleChainStopsWithoutUnwindingRecords() throws {
+        let chains = try moduleChains(unwindRecords: false)
+        #expect(chains.count > 50, "few samples in hot_leaf: \(chains.count)")
+        let through = chains.filter { $0.count > 1 && $0[1].hasPrefix("middle [") }
+        #expect(through.isEmpty, "\(through.count) of \(chains.count) chains pass the leaf without unwinding records: \(through.first ?? [])")
+    }
+}
