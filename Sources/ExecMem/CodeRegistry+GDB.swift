@@ -97,7 +97,8 @@ struct BlockSymbolFile {
     private var fdes: [UInt64: [Int]] = [:]
 
     var isEmpty: Bool { symbols.isEmpty }
-    private var framesAt: Int { Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity }
+    /// .eh_frame's offset, 8-aligned as its section header says (and as its words are read).
+    private var framesAt: Int { (Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity + 7) & ~7 }
     var size: Int { framesAt + frameCapacity }
 
     init(base: UInt, symbols: Int = 64, strings: Int = 2048, frames: Int = 2048) {
@@ -106,7 +107,7 @@ struct BlockSymbolFile {
         stringCapacity = max(strings, 256)
         frameCapacity = max(frames, 256)
         textEnd = base + UInt(ExecMemGeometry.blockSize)
-        file = GDBFile(capacity: Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity + frameCapacity)
+        file = GDBFile(capacity: ((Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity + 7) & ~7) + frameCapacity)
         writeHeaders()
     }
 
@@ -176,7 +177,7 @@ struct BlockSymbolFile {
         symbolCapacity = syms
         stringCapacity = strs
         frameCapacity = frameBytes
-        file = GDBFile(capacity: Self.symtabAt + syms * Self.symSize + strs + frameBytes)
+        file = GDBFile(capacity: size)
         owners = [0]; stringsUsed = 1; garbage = 0; slots = [:]; symbols = [:]
         framesUsed = BlockFrameTable.cie.count; frameDead = 0; frames = [:]; fdes = [:]
         writeHeaders()

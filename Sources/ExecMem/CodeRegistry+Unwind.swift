@@ -240,7 +240,7 @@ struct BlockFrameTable {
     static func clearFDE(in buffer: UnsafeMutableRawBufferPointer, at: Int) -> Int {
         buffer.storeBytes(of: UInt64(0), toByteOffset: at + 8, as: UInt64.self)
         buffer.storeBytes(of: UInt64(0), toByteOffset: at + 16, as: UInt64.self)
-        return Int(UInt32(littleEndian: buffer.load(fromByteOffset: at, as: UInt32.self))) + 4
+        return Int(UInt32(littleEndian: buffer.loadUnaligned(fromByteOffset: at, as: UInt32.self))) + 4
     }
 
     mutating func release() {

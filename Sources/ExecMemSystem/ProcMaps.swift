@@ -60,10 +60,21 @@ public enum ProcMaps {
         try read().filter(\.isWritableAndExecutable)
     }
 
-    /// The host executable's mappings (every mapping of the file /proc/self/exe names).
+    /// The host executable's loaded image: the mappings of the file /proc/self/exe names that the
+    /// loader made (not another mapping of the same file, such as a symbolizer's).
     public static func executableImage(in maps: [MapsEntry]) -> [MapsEntry] {
         guard let exe = try? Sys.readlink("/proc/self/exe") else { return [] }
-        return maps.filter { $0.path == exe }
+        // The file may be mapped again (a symbolizer reading its .symtab maps it whole): the image is
+        // the run of mappings whose offsets grow, near each other, that holds executable text.
+        var groups: [[MapsEntry]] = []
+        for e in maps where e.path == exe {
+            if let last = groups.last?.last, e.start >= last.end, e.start - last.end <= 1 << 24, e.offset > last.offset {
+                groups[groups.count - 1].append(e)
+            } else {
+                groups.append([e])
+            }
+        }
+        return groups.first { $0.contains(where: \.isExecutable) } ?? groups.first ?? []
     }
 }
 

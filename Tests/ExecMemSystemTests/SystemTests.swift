@@ -2,6 +2,9 @@
 // W^X guard refuses a writable and executable protection before the kernel sees it.
 
 import ExecMemSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 import Testing
 
@@ -34,6 +37,23 @@ import Testing
         #expect(maps.first { $0.start == r }?.path.hasPrefix("/memfd:execmem-systest") == true)
         try Sys.munmap(address: w, length: 8192)
         try Sys.munmap(address: r, length: 8192)
+    }
+
+    /// A second mapping of the executable's file (as a symbolizer makes) is not part of its image:
+    /// taking it in made the image span up to the mapping, and every range placed "near" it far.
+    @Test func theExecutableImageIgnoresOtherMappingsOfItsFile() throws {
+        let before = ProcMaps.executableImage(in: try ProcMaps.read())
+        let exe = try Sys.readlink("/proc/self/exe")
+        let fd = try Sys.open(exe, flags: O_RDONLY)
+        defer { Sys.close(fd: fd) }
+        let extra = try Sys.mmap(length: 1 << 16, protection: [.read], flags: SysConst.mapPrivate, fd: fd)
+        defer { try? Sys.munmap(address: extra, length: 1 << 16) }
+        let maps = try ProcMaps.read()
+        #expect(maps.contains { $0.start == extra && $0.path == exe }, "the second mapping is there")
+        let image = ProcMaps.executableImage(in: maps)
+        #expect(image.map(\.start) == before.map(\.start) && !image.isEmpty)
+        #expect(!image.contains { $0.start == extra })
+        #expect(image.contains { $0.isExecutable })
     }
 
     @Test func parsesMapsAndSmaps() {
