@@ -78,27 +78,37 @@ struct BlockSymbolFile {
     static let shdrsAt = ehdrSize + 48
     static let symtabAt = shdrsAt + 6 * shdrSize
 
+    /// What one registration put in the file: its symbols' slots and its FDEs' offsets, and what a
+    /// rebuild writes again.
+    struct Member {
+        var symbols: [CodeSymbol]
+        var frames: (UInt, [CodeFrame])?
+        var slots: [Int] = []
+        var fdes: [Int] = []
+    }
+
     let base: UInt
     private(set) var file: GDBFile
+    /// `file`'s bytes (it owns them; they move only when `file` is replaced).
+    private var bytes: UnsafeMutableRawPointer
     private var symbolCapacity: Int
     private var stringCapacity: Int
     /// Symbols in the file, index 0 the null symbol; `owners[i]` is symbol i's registration.
     private var owners: [UInt64] = [0]
     private var stringsUsed = 1
     private var garbage = 0
-    private var slots: [UInt64: [Int]] = [:]
-    private var symbols: [UInt64: [CodeSymbol]] = [:]
+    private var members: [UInt64: Member] = [:]
     private var textEnd: UInt
     private var frameCapacity: Int
     /// Bytes of .eh_frame in use (the CIE first); `frameDead` of them are emptied FDEs.
     private var framesUsed = BlockFrameTable.cie.count
     private var frameDead = 0
-    private var frames: [UInt64: (UInt, [CodeFrame])] = [:]
-    private var fdes: [UInt64: [Int]] = [:]
 
-    var isEmpty: Bool { symbols.isEmpty }
+    var isEmpty: Bool { members.isEmpty }
     /// .eh_frame's offset, 8-aligned as its section header says (and as its words are read).
-    private var framesAt: Int { (Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity + 7) & ~7 }
+    private static func framesAt(symbols: Int, strings: Int) -> Int { (symtabAt + symbols * symSize + strings + 7) & ~7 }
+    private var framesAt: Int { Self.framesAt(symbols: symbolCapacity, strings: stringCapacity) }
+    private var strtabAt: Int { Self.symtabAt + symbolCapacity * Self.symSize }
     var size: Int { framesAt + frameCapacity }
 
     init(base: UInt, symbols: Int = 64, strings: Int = 2048, frames: Int = 2048) {
@@ -107,54 +117,54 @@ struct BlockSymbolFile {
         stringCapacity = max(strings, 256)
         frameCapacity = max(frames, 256)
         textEnd = base + UInt(ExecMemGeometry.blockSize)
-        file = GDBFile(capacity: ((Self.symtabAt + symbolCapacity * Self.symSize + stringCapacity + 7) & ~7) + frameCapacity)
+        file = GDBFile(capacity: Self.framesAt(symbols: symbolCapacity, strings: stringCapacity) + frameCapacity)
+        bytes = file.bytes.baseAddress!
         writeHeaders()
     }
 
+    @inline(__always)
+    private func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { bytes.storeBytes(of: v.littleEndian, toByteOffset: at, as: T.self) }
+
     mutating func add(_ id: UInt64, _ list: [CodeSymbol], frames f: (UInt, [CodeFrame])? = nil) {
-        let need = list.reduce(0) { $0 + $1.name.utf8.count + 1 }
-        let frameBytes = f?.1.reduce(0) { $0 + BlockFrameTable.fdeSize($1) } ?? 0
+        var need = 0
+        for s in list { need += s.name.utf8.count + 1 }
+        var frameBytes = 0
+        if let f { for frame in f.1 { frameBytes += BlockFrameTable.fdeSize(frame) } }
         if owners.count + list.count > symbolCapacity || stringsUsed + need > stringCapacity || framesUsed + frameBytes > frameCapacity {
             rebuild(extraSymbols: list.count, extraStrings: need, extraFrames: frameBytes)
         }
+        var m = Member(symbols: list, frames: f)
         if let f, !f.1.isEmpty {
-            frames[id] = f
-            let region = UnsafeMutableRawBufferPointer(rebasing: file.bytes[framesAt...])
-            var mine: [Int] = []
+            let region = UnsafeMutableRawBufferPointer(start: bytes + framesAt, count: frameCapacity)
             for frame in f.1 {
-                mine.append(framesUsed)
+                m.fdes.append(framesUsed)
                 framesUsed += BlockFrameTable.writeFDE(frame, base: f.0, into: region, at: framesUsed, cie: 0)
             }
-            fdes[id] = mine
         }
-        symbols[id] = list
-        var mine: [Int] = []
         for s in list {
-            mine.append(owners.count)
+            m.slots.append(owners.count)
             writeSymbol(s, index: owners.count)
             owners.append(id)
             textEnd = max(textEnd, s.address + UInt(max(s.size, 1)))
         }
-        slots[id] = mine
+        members[id] = m
         writeSizes()
     }
 
     mutating func remove(_ id: UInt64) {
-        guard let mine = slots.removeValue(forKey: id), let list = symbols.removeValue(forKey: id) else { return }
-        garbage += list.reduce(0) { $0 + $1.name.utf8.count + 1 }
-        frames[id] = nil
-        if let offsets = fdes.removeValue(forKey: id) {
-            let region = UnsafeMutableRawBufferPointer(rebasing: file.bytes[framesAt...])
-            for o in offsets { frameDead += BlockFrameTable.clearFDE(in: region, at: o) }
+        guard let m = members.removeValue(forKey: id) else { return }
+        for s in m.symbols { garbage += s.name.utf8.count + 1 }
+        if !m.fdes.isEmpty {
+            let region = UnsafeMutableRawBufferPointer(start: bytes + framesAt, count: frameCapacity)
+            for o in m.fdes { frameDead += BlockFrameTable.clearFDE(in: region, at: o) }
         }
-        for i in mine.sorted(by: >) {
+        for i in m.slots.sorted(by: >) {
             let last = owners.count - 1
             if i != last {
-                let from = Self.symtabAt + last * Self.symSize, to = Self.symtabAt + i * Self.symSize
-                (file.bytes.baseAddress! + to).copyMemory(from: file.bytes.baseAddress! + from, byteCount: Self.symSize)
+                (bytes + Self.symtabAt + i * Self.symSize).copyMemory(from: bytes + Self.symtabAt + last * Self.symSize, byteCount: Self.symSize)
                 let moved = owners[last]
                 owners[i] = moved
-                if var m = slots[moved], let k = m.firstIndex(of: last) { m[k] = i; slots[moved] = m }
+                if let k = members[moved]?.slots.firstIndex(of: last) { members[moved]!.slots[k] = i }
             }
             owners.removeLast()
         }
@@ -166,7 +176,7 @@ struct BlockSymbolFile {
 
     /// Lays the file out again, with room for what is about to be added (capacity doubles).
     private mutating func rebuild(extraSymbols: Int, extraStrings: Int, extraFrames: Int) {
-        let live = symbols, liveFrames = frames
+        let live = members
         var syms = owners.count - 1 + extraSymbols, strs = stringsUsed - garbage + extraStrings
         var frameBytes = framesUsed - frameDead + extraFrames
         syms = max(symbolCapacity, syms * 2)
@@ -178,28 +188,31 @@ struct BlockSymbolFile {
         stringCapacity = strs
         frameCapacity = frameBytes
         file = GDBFile(capacity: size)
-        owners = [0]; stringsUsed = 1; garbage = 0; slots = [:]; symbols = [:]
-        framesUsed = BlockFrameTable.cie.count; frameDead = 0; frames = [:]; fdes = [:]
+        bytes = file.bytes.baseAddress!
+        owners = [0]; stringsUsed = 1; garbage = 0; members = [:]
+        framesUsed = BlockFrameTable.cie.count; frameDead = 0
         writeHeaders()
-        for id in live.keys.sorted() { add(id, live[id]!, frames: liveFrames[id]) }
+        for id in live.keys.sorted() { add(id, live[id]!.symbols, frames: live[id]!.frames) }
         // GDB keeps reading the old file until the next announcement replaces it.
         if old.announced { _ = old.withdraw() }
     }
 
     private mutating func writeSymbol(_ s: CodeSymbol, index: Int) {
-        let name = Array(s.name.utf8)
         let nameAt = stringsUsed
-        let strtab = Self.symtabAt + symbolCapacity * Self.symSize
-        file.bytes.baseAddress!.advanced(by: strtab + nameAt).copyMemory(from: name, byteCount: name.count)
-        file.bytes.storeBytes(of: 0, toByteOffset: strtab + nameAt + name.count, as: UInt8.self)
-        stringsUsed += name.count + 1
+        var name = s.name
+        let count = name.withUTF8 { u in
+            (bytes + strtabAt + nameAt).copyMemory(from: u.baseAddress!, byteCount: u.count)
+            return u.count
+        }
+        bytes.storeBytes(of: 0, toByteOffset: strtabAt + nameAt + count, as: UInt8.self)
+        stringsUsed += count + 1
         let at = Self.symtabAt + index * Self.symSize
-        file.write(UInt32(nameAt), at: at)
-        file.write(UInt8(0x12), at: at + 4)  // STB_GLOBAL, STT_FUNC
-        file.write(UInt8(0), at: at + 5)
-        file.write(UInt16(1), at: at + 6)  // .text
-        file.write(UInt64(s.address), at: at + 8)
-        file.write(UInt64(max(s.size, 1)), at: at + 16)
+        put(UInt32(nameAt), at)
+        put(UInt8(0x12), at + 4)  // STB_GLOBAL, STT_FUNC
+        put(UInt8(0), at + 5)
+        put(UInt16(1), at + 6)  // .text
+        put(UInt64(s.address), at + 8)
+        put(UInt64(max(s.size, 1)), at + 16)
     }
 
     private func writeHeaders() {
@@ -229,10 +242,10 @@ struct BlockSymbolFile {
     }
 
     private func writeSizes() {
-        file.write(UInt64(textEnd - base), at: Self.shdrsAt + 1 * Self.shdrSize + 32)
-        file.write(UInt64(owners.count * Self.symSize), at: Self.shdrsAt + 2 * Self.shdrSize + 32)
-        file.write(UInt64(stringsUsed), at: Self.shdrsAt + 3 * Self.shdrSize + 32)
-        file.write(UInt64(framesUsed), at: Self.shdrsAt + 5 * Self.shdrSize + 32)
+        put(UInt64(textEnd - base), Self.shdrsAt + 1 * Self.shdrSize + 32)
+        put(UInt64(owners.count * Self.symSize), Self.shdrsAt + 2 * Self.shdrSize + 32)
+        put(UInt64(stringsUsed), Self.shdrsAt + 3 * Self.shdrSize + 32)
+        put(UInt64(framesUsed), Self.shdrsAt + 5 * Self.shdrSize + 32)
     }
 }
 

@@ -120,7 +120,18 @@ struct PerfSink: ~Copyable {
 
     // MARK: - Writing
 
-    mutating func flush() {
+    /// Bytes waiting to be written.
+    var pending: Int { mapPending.count + dumpPending.count }
+    private var lastWrite: UInt64 = 0
+
+    /// Writes what is pending when `force`d, when 64 KiB are pending, or when the last write is 1 ms
+    /// old: a burst of loads costs a write per millisecond, not one per load. Returns whether bytes
+    /// stay pending (the registry then schedules a forced flush 2 ms later, and one runs at exit).
+    mutating func flush(force: Bool = false) -> Bool {
+        guard pending > 0 else { return false }
+        let now = Sys.monotonicNanoseconds()
+        if !force && pending < 1 << 16 && now &- lastWrite < 1_000_000 { return true }
+        lastWrite = now
         if !mapPending.isEmpty {
             if let e = Self.write(mapFD, mapPending, "perf map") { failures.append(e) }
             mapPending.removeAll(keepingCapacity: mapPending.count < 1 << 20)
@@ -129,6 +140,7 @@ struct PerfSink: ~Copyable {
             if let e = Self.write(dumpFD, dumpPending, "jitdump") { failures.append(e) }
             dumpPending.removeAll(keepingCapacity: dumpPending.count < 1 << 20)
         }
+        return false
     }
 
     private static func write(_ fd: Int32, _ bytes: [UInt8], _ what: String) -> String? {

@@ -127,13 +127,21 @@ struct RegistryState: ~Copyable {
         for id in entries.keys.sorted() { feed(id, into: new) }
     }
 
-    mutating func flushIfIdle() {
+    /// Whether a deferred write of perf's files is scheduled.
+    var perfFlushScheduled = false
+
+    /// Announces pending changes unless the calling thread is in a batch. Returns true when perf's
+    /// files have bytes pending and no deferred write is scheduled yet (the caller schedules one).
+    @discardableResult
+    mutating func flushIfIdle() -> Bool {
         // Only the calling thread's batch defers: another thread's open batch must not leave this
         // thread's code unannounced (it would run with no frames registered).
-        guard cem_batch_depth() == 0 else { return }
+        guard cem_batch_depth() == 0 else { return false }
         gdb.flush()
         unwind.flush()
-        perf.flush()
+        guard perf.flush(), !perfFlushScheduled else { return false }
+        perfFlushScheduled = true
+        return true
     }
 
     func ids(overlapping address: UInt, size: Int) -> [UInt64] {

@@ -24,6 +24,7 @@
 import Glibc
 #endif
 import CExecMemDebug
+import Dispatch
 import ExecMemSystem
 import Synchronization
 
@@ -207,42 +208,44 @@ public final class CodeRegistry: Sendable {
 
     /// Switches sinks on. What is already registered is written to the new sinks at once.
     public func enable(_ sinks: CodeSinks) {
-        state.withLock { s in
+        let deferred = state.withLock { s -> Bool in
             let new = sinks.subtracting(s.sinks)
-            if new.isEmpty { return }
+            if new.isEmpty { return false }
             s.sinks.formUnion(new)
             s.replay(into: new)
-            s.flushIfIdle()
+            if !new.intersection(.perf).isEmpty { Self.flushAtExit() }
+            return s.flushIfIdle()
         }
+        if deferred { schedulePerfFlush() }
     }
 
     /// Registers code and tells the enabled sinks (at the end of the enclosing `batch`, if any, for
     /// the per-block GDB files and synthesized frames; at once for everything else).
     @discardableResult
     public func register(_ r: CodeRegistration) -> CodeHandle {
-        state.withLock { s in
-            let h = s.add(r)
-            s.flushIfIdle()
-            return h
-        }
+        let (h, deferred) = state.withLock { s in (s.add(r), s.flushIfIdle()) }
+        if deferred { schedulePerfFlush() }
+        return h
     }
 
     /// Removes a registration: GDB forgets it, the unwinder drops its frames. perf's files are
     /// append-only by format and keep the old lines (a later load at the same address supersedes them).
     public func unregister(_ handle: CodeHandle) {
-        state.withLock { s in
+        let deferred = state.withLock { s in
             s.remove(handle.id)
-            s.flushIfIdle()
+            return s.flushIfIdle()
         }
+        if deferred { schedulePerfFlush() }
     }
 
     /// Removes every registration overlapping `[address, address + size)`; the allocator calls this
     /// when it frees text, so nothing stays named after its memory is reused.
     public func unregister(overlapping address: UInt, size: Int) {
-        state.withLock { s in
+        let deferred = state.withLock { s in
             for id in s.ids(overlapping: address, size: size) { s.remove(id) }
-            s.flushIfIdle()
+            return s.flushIfIdle()
         }
+        if deferred { schedulePerfFlush() }
     }
 
     /// Runs `body` with the per-block announcements deferred to its end (nested batches end with the
@@ -252,10 +255,30 @@ public final class CodeRegistry: Sendable {
         cem_batch_enter()
         defer {
             cem_batch_leave()
-            state.withLock { $0.flushIfIdle() }
+            if state.withLock({ $0.flushIfIdle() }) { schedulePerfFlush() }
         }
         return try body()
     }
+
+    /// Writes perf's map and jitdump lines still pending now. Writes are coalesced to one per
+    /// millisecond during bursts; a deferred write follows 2 ms later, and one runs at exit.
+    public func flushPerf() {
+        state.withLock { s in
+            s.perfFlushScheduled = false
+            _ = s.perf.flush(force: true)
+        }
+    }
+
+    private func schedulePerfFlush() {
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(2)) { CodeRegistry.shared.flushPerf() }
+    }
+
+    /// Registers, once, an exit handler that writes what perf's files still miss.
+    private static func flushAtExit() {
+        _ = exitHandler
+    }
+
+    private static let exitHandler: Void = { atexit { CodeRegistry.shared.flushPerf() } }()
 
     /// The symbol around `address`, if registered code covers it.
     public func symbolize(_ address: UInt) -> CodeLocation? {

@@ -116,6 +116,7 @@ private let recordBacktrace: @convention(c) () -> Void = {
         let name = "perf_probe_\(UInt32.random(in: 0...UInt32.max))"
         let h = CodeRegistry.shared.register(CodeRegistration(name: name, kind: .jitStub, address: a.address, size: Self.frameCode.count, owner: "t"))
         defer { CodeRegistry.shared.unregister(h) }
+        CodeRegistry.shared.flushPerf()  // writes are coalesced to one per millisecond
         let status = CodeRegistry.shared.status
         let map = try String(contentsOfFile: try #require(status.perfMapPath), encoding: .utf8)
         #expect(map.contains("\(String(a.address, radix: 16)) 8 \(name) [t]\n"))
@@ -139,6 +140,17 @@ private let recordBacktrace: @convention(c) () -> Void = {
             at += total
         }
         #expect(matched, "a JIT_CODE_LOAD record with the name and bytes")
+
+        // Without an explicit flush, a line written in a burst reaches the file by the deferred write.
+        let late = "perf_late_\(UInt32.random(in: 0...UInt32.max))"
+        let h2 = CodeRegistry.shared.register(CodeRegistration(name: late, kind: .jitStub, address: a.address, size: 8))
+        defer { CodeRegistry.shared.unregister(h2) }
+        var seen = false
+        for _ in 0..<200 where !seen {
+            usleep(5_000)
+            seen = (try? String(contentsOfFile: status.perfMapPath!, encoding: .utf8))?.contains(" \(late)\n") == true
+        }
+        #expect(seen, "the deferred write lands within a second")
         // perf finds the dump through an executable (and not writable) mapping of it.
         let marker = try #require(try ProcMaps.read().first { $0.path.hasSuffix("/jit-\(getpid()).dump") })
         #expect(marker.protection == "r-x")

@@ -50,6 +50,7 @@ import Testing
         defer { try? mem.free(a) }
         let h = CodeRegistry.shared.register(CodeRegistration(name: "\(tag)\n1000 10 injected_\(tag)", kind: .other, address: a.address, size: 16, owner: "o\nx"))
         defer { CodeRegistry.shared.unregister(h) }
+        CodeRegistry.shared.flushPerf()  // writes are coalesced to one per millisecond
         let map = try String(contentsOfFile: try #require(CodeRegistry.shared.status.perfMapPath), encoding: .utf8)
         #expect(!map.contains("\n1000 10 injected_\(tag)"), "a name cannot add a line to the map")
         #expect(map.split(separator: "\n").filter { $0.contains(tag) }.count == 1)
