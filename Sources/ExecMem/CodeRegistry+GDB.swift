@@ -111,7 +111,7 @@ struct BlockSymbolFile {
     private var strtabAt: Int { Self.symtabAt + symbolCapacity * Self.symSize }
     var size: Int { framesAt + frameCapacity }
 
-    init(base: UInt, symbols: Int = 64, strings: Int = 2048, frames: Int = 2048) {
+    init(base: UInt, symbols: Int = 256, strings: Int = 8192, frames: Int = 8192) {
         self.base = base
         symbolCapacity = max(symbols, 16)
         stringCapacity = max(strings, 256)
@@ -131,7 +131,7 @@ struct BlockSymbolFile {
         var frameBytes = 0
         if let f { for frame in f.1 { frameBytes += BlockFrameTable.fdeSize(frame) } }
         if owners.count + list.count > symbolCapacity || stringsUsed + need > stringCapacity || framesUsed + frameBytes > frameCapacity {
-            rebuild(extraSymbols: list.count, extraStrings: need, extraFrames: frameBytes)
+            grow(extraSymbols: list.count, extraStrings: need, extraFrames: frameBytes)
         }
         var m = Member(symbols: list, frames: f)
         if let f, !f.1.isEmpty {
@@ -174,7 +174,27 @@ struct BlockSymbolFile {
         writeSizes()
     }
 
-    /// Lays the file out again, with room for what is about to be added (capacity doubles).
+    /// Moves the file to one with room for what is about to be added (each region at least doubles).
+    /// Slots, string offsets and FDE offsets are relative to their regions, so the regions are copied
+    /// as they are: growing costs a copy of the bytes, not a re-add of every member.
+    private mutating func grow(extraSymbols: Int, extraStrings: Int, extraFrames: Int) {
+        let old = file, oldBytes = bytes
+        let oldStrtab = strtabAt, oldFrames = framesAt
+        symbolCapacity = max(symbolCapacity * 2, owners.count + extraSymbols)
+        stringCapacity = max(stringCapacity * 2, stringsUsed + extraStrings)
+        frameCapacity = max(frameCapacity * 2, framesUsed + extraFrames)
+        file = GDBFile(capacity: size)
+        bytes = file.bytes.baseAddress!
+        writeHeaders()
+        (bytes + Self.symtabAt).copyMemory(from: oldBytes + Self.symtabAt, byteCount: owners.count * Self.symSize)
+        (bytes + strtabAt).copyMemory(from: oldBytes + oldStrtab, byteCount: stringsUsed)
+        (bytes + framesAt).copyMemory(from: oldBytes + oldFrames, byteCount: framesUsed)
+        writeSizes()
+        // GDB keeps reading the old file until the next announcement replaces it.
+        if old.announced { _ = old.withdraw() }
+    }
+
+    /// Lays the file out again without what removed members left (garbage names, emptied FDEs).
     private mutating func rebuild(extraSymbols: Int, extraStrings: Int, extraFrames: Int) {
         let live = members
         var syms = owners.count - 1 + extraSymbols, strs = stringsUsed - garbage + extraStrings

@@ -187,9 +187,16 @@ struct BlockFrameTable {
         }
         pendingRemovals.removeAll()
         let adding = pendingAdds.reduce(0) { sum, id in sum + frames[id]!.1.reduce(0) { $0 + Self.fdeSize($1) } }
-        if used + adding + 4 > buffer.count || (dead > 4096 && dead * 2 > used) {
+        if dead > 4096 && dead * 2 > used {
             rebuild(room: adding)
         } else {
+            if used + adding + 4 > buffer.count {
+                // FDE offsets are relative to the table: growing is a copy.
+                let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: max(buffer.count * 2, used + adding + 4), alignment: 16)
+                bigger.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: used)
+                buffer.deallocate()
+                buffer = bigger
+            }
             for id in pendingAdds { write(id) }
         }
         pendingAdds.removeAll()
