@@ -79,19 +79,19 @@ struct PerfSink: ~Copyable {
             PerfUnwindInfo.records(for: r.symbols.map { ($0, max($0.size, 1)) }, cies: f.cies, fdes: f.fdes, timestamp: now)
         } ?? [] : []
         for (i, s) in r.symbols.enumerated() {
-            let name = Array(Self.displayName(s, r).utf8) + [0]
+            var name = Self.displayName(s, r)
             let size = max(s.size, 1)
-            let total = 16 + 40 + name.count + size
+            let nameBytes = name.utf8.count + 1
             if i < unwinding.count, let u = unwinding[i] { dumpPending.append(contentsOf: u) }
-            var rec: [UInt8] = []
-            rec.reserveCapacity(total)
-            rec.appendLE(Self.jitCodeLoad); rec.appendLE(UInt32(total)); rec.appendLE(now)
-            rec.appendLE(pid); rec.appendLE(tid)
-            rec.appendLE(UInt64(s.address)); rec.appendLE(UInt64(s.address)); rec.appendLE(UInt64(size)); rec.appendLE(codeIndex)
-            rec.append(contentsOf: name)
-            rec.append(contentsOf: UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: s.address), count: size))
+            // The record is written straight into the pending bytes (one copy of the code, not two).
+            dumpPending.appendLE(Self.jitCodeLoad); dumpPending.appendLE(UInt32(56 + nameBytes + size)); dumpPending.appendLE(now)
+            dumpPending.appendLE(pid); dumpPending.appendLE(tid)
+            dumpPending.appendLE(UInt64(s.address)); dumpPending.appendLE(UInt64(s.address)); dumpPending.appendLE(UInt64(size))
+            dumpPending.appendLE(codeIndex)
+            name.withUTF8 { dumpPending.append(contentsOf: $0) }
+            dumpPending.append(0)
+            dumpPending.append(contentsOf: UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: s.address), count: size))
             codeIndex += 1
-            dumpPending.append(contentsOf: rec)
         }
     }
 
