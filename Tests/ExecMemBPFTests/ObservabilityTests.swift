@@ -75,7 +75,7 @@ func unwindBacktrace() -> [UInt] {
         let a = try #require(p.jitAllocation)
         let r = CodeRegistry.shared
         let entry = try #require(r.symbolize(a.address))
-        #expect(entry.symbol == "bpf_jit_entry_\(p.tag)_named" && entry.kind == .jitStub && entry.owner == "bpf")
+        #expect(entry.symbol == "bpf_jit_entry_\(p.tag)_named" && entry.kind == .bpfProgram && entry.owner == "bpf", "one registration per compilation")
         // Walk every byte of the code: entry, main, the subprogram, fault stubs, the exit path.
         var seen: [String] = []
         for address in a.address..<(a.address + UInt(a.size)) {
@@ -86,7 +86,7 @@ func unwindBacktrace() -> [UInt] {
         #expect(seen == ["bpf_jit_entry_\(p.tag)_named", "bpf_prog_\(p.tag)_named", sub,
                          "bpf_jit_fault_\(p.tag)_named", "bpf_jit_exit_\(p.tag)_named"], "\(seen)")
         #expect(sub.hasPrefix("bpf_prog_") && sub.hasSuffix("_F") && sub != "bpf_prog_\(p.tag)_F")
-        #expect(r.symbolize(a.address + UInt(a.size) - 1)?.kind == .jitStub)
+        #expect(r.symbolize(a.address + UInt(a.size) - 1)?.symbol == "bpf_jit_exit_\(p.tag)_named")
         p.unload()
         for address in stride(from: a.address, to: a.address + UInt(a.size), by: 1) {
             #expect(r.symbolize(address) == nil, "still named at +\(address - a.address) after unload")

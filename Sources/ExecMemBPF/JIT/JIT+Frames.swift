@@ -203,8 +203,6 @@ extension Compiler {
             p.restored(Self.dwarf(Self.entrySaved[Self.entrySaved.count - 1 - k]))
         }
         let entryEnd = position(l.entryEnd)
-        let entry = CodeRegistration(name: names.entry, kind: .jitStub, address: base, size: entryEnd, owner: "bpf",
-                                     unwind: .frames([CodeFrame(offset: 0, length: entryEnd, instructions: p.bytes)]))
 
         // The functions.
         var frames: [CodeFrame] = [], symbols: [CodeSymbol] = []
@@ -222,8 +220,6 @@ extension Compiler {
             frames.append(CodeFrame(offset: from - bodyStart, length: to - from, instructions: p.bytes))
             symbols.append(CodeSymbol(name: f == 0 ? names.program : names.subprogram(f), address: base + UInt(from), size: to - from))
         }
-        let body = CodeRegistration(name: names.program, kind: .bpfProgram, address: base + UInt(bodyStart), size: bodyEnd - bodyStart,
-                                    owner: "bpf", symbols: symbols, unwind: .frames(frames))
 
         // Fault stubs, in runs of one function, then the exit path.
         var coldFrames: [CodeFrame] = []
@@ -242,9 +238,13 @@ extension Compiler {
         coldFrames.append(CodeFrame(offset: exitStart - bodyEnd, length: size - exitStart, instructions: exit.bytes))
         var coldSymbols = [CodeSymbol(name: names.exit, address: base + UInt(exitStart), size: size - exitStart)]
         if exitStart > bodyEnd { coldSymbols.insert(CodeSymbol(name: names.fault, address: base + UInt(bodyEnd), size: exitStart - bodyEnd), at: 0) }
-        let outOfLine = CodeRegistration(name: names.fault, kind: .jitStub, address: base + UInt(bodyEnd), size: size - bodyEnd, owner: "bpf",
-                                         symbols: coldSymbols, unwind: .frames(coldFrames))
-        return [entry, body, outOfLine]
+        // One registration per compilation, its pieces as symbols and frames (offsets from `base`):
+        // every sink's cost is per registration, and perf's unwinding tables need the pieces together.
+        func shifted(_ list: [CodeFrame], by d: Int) -> [CodeFrame] { list.map { CodeFrame(offset: $0.offset + d, length: $0.length, instructions: $0.instructions) } }
+        let all = [CodeFrame(offset: 0, length: entryEnd, instructions: p.bytes)] + shifted(frames, by: bodyStart) + shifted(coldFrames, by: bodyEnd)
+        return [CodeRegistration(name: names.program, kind: .bpfProgram, address: base, size: size, owner: "bpf",
+                                 symbols: [CodeSymbol(name: names.entry, address: base, size: entryEnd)] + symbols + coldSymbols,
+                                 unwind: .frames(all))]
     }
 
     /// A function's rules with `saved` pushed before its return address (see the file's header).
