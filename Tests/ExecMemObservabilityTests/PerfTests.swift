@@ -162,6 +162,23 @@ struct PerfCallGraphTests {
                 "\(full.count) of \(chains.count) leaf samples reach middle, main and callMain; one: \(chains.first ?? [])")
     }
 
+    /// A loop in a JIT-compiled program: its samples' chains go through the entry stub into the
+    /// host code that ran it (the JIT's synthesized frames, as jitdump unwinding records).
+    @Test func bpfChainReachesTheHost() throws {
+        let dir = try scratch("execmem-perf")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try PerfTests.bpfLoop.write(toFile: "\(dir)/spin.s", atomically: true, encoding: .utf8)
+        let command = [execmemBinary, "bpf", "run", "\(dir)/spin.s", "--budget", "1000000000", "--times", "1", "--perf"]
+        let chains = try Self.chains(command, environment: [:], in: dir, leaf: "^bpf_prog_[0-9a-f]{16}_spin")
+        #expect(chains.count > 20, "few samples in the program: \(chains.count)")
+        let full = chains.filter { c in c.count > 2 && c[1].hasPrefix("bpf_jit_entry_") && c.dropFirst(2).contains { $0.contains("JITCode") } }
+        #expect(Double(full.count) > 0.8 * Double(chains.count),
+                "\(full.count) of \(chains.count) samples reach the entry stub and JITCode.run; one: \(chains.first ?? [])")
+        let without = try Self.chains(command, environment: ["EXECMEM_PERF_UNWIND": "0"], in: dir, leaf: "^bpf_prog_[0-9a-f]{16}_spin")
+        #expect(!without.isEmpty && without.allSatisfy { !$0.dropFirst().contains { $0.contains("JITCode") } },
+                "without unwinding records no chain reaches the host")
+    }
+
     @Test func moduleChainStopsWithoutUnwindingRecords() throws {
         let chains = try moduleChains(unwindRecords: false)
         #expect(chains.count > 50, "few samples in hot_leaf: \(chains.count)")
