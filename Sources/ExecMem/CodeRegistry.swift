@@ -270,7 +270,10 @@ public final class CodeRegistry: Sendable {
     }
 
     private func schedulePerfFlush() {
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(2)) { CodeRegistry.shared.flushPerf() }
+        // Pending bytes need a write at exit too, however the sinks were switched on (the
+        // environment sets them without `enable`).
+        if self === CodeRegistry.shared { Self.flushAtExit() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(2)) { [self] in flushPerf() }
     }
 
     /// Registers, once, an exit handler that writes what perf's files still miss.
