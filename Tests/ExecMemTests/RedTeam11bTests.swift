@@ -319,7 +319,8 @@ private func readGDB(blocks: Set<UInt>) throws -> (symbols: [String: [UInt64]], 
     }
     /// (3e) perf switched on by EXECMEM_PERF (not enable()): no atexit handler is installed, so a burst's
     /// tail pending at exit is lost. Run with EXECMEM_PERF=map in the environment (the child inherits it).
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["EXECMEM_PERF"] != nil))
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["EXECMEM_PERF"] != nil,
+                   "needs EXECMEM_PERF in the environment (.ci/run runs it with EXECMEM_PERF=map)"))
     func perfMapFromEnvironmentIsCompleteAtExit() async throws {
         let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
             FileHandle.standardError.write(Data("PID=\(getpid()) sinks=\(CodeRegistry.shared.sinks.rawValue)\n".utf8))
