@@ -91,7 +91,7 @@ int32_t cem_crash_table_count(void) { return live; }
 
 intptr_t cem_crash_table_lookup(uintptr_t address, char *name, size_t name_capacity, char *owner, size_t owner_capacity) {
     int32_t n = __atomic_load_n(&high, __ATOMIC_ACQUIRE);
-    uintptr_t best_start = 0;
+    uintptr_t best_start = 0, best_length = 0;
     int found = 0;
     for (int32_t i = 0; i < n; i++) {
         struct slot *s = slot_at(i);
@@ -101,7 +101,10 @@ intptr_t cem_crash_table_lookup(uintptr_t address, char *name, size_t name_capac
             if (seq & 1) continue;
             uintptr_t start = __atomic_load_n(&s->start, __ATOMIC_RELAXED);
             uintptr_t end = __atomic_load_n(&s->end, __ATOMIC_RELAXED);
-            int hit = end != 0 && start <= address && address < end && (!found || start >= best_start);
+            // The innermost cover wins: the latest start, then the shortest (a function over the
+            // piece it is in, whatever slots they landed in).
+            int hit = end != 0 && start <= address && address < end &&
+                      (!found || start > best_start || (start == best_start && end - start < best_length));
             char n_copy[CEM_CRASH_NAME_BYTES], o_copy[CEM_CRASH_OWNER_BYTES];
             if (hit) {
                 memcpy(n_copy, s->name, sizeof n_copy);
@@ -115,6 +118,7 @@ intptr_t cem_crash_table_lookup(uintptr_t address, char *name, size_t name_capac
                 if (name_capacity) copy_cut(name, name_capacity, n_copy);
                 if (owner_capacity) copy_cut(owner, owner_capacity, o_copy);
                 best_start = start;
+                best_length = end - start;
                 found = 1;
             }
             break;

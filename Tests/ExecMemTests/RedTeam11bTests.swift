@@ -307,10 +307,10 @@ private func readGDB(blocks: Set<UInt>) throws -> (symbols: [String: [UInt64]], 
         CodeRegistry.shared.flushPerf()
         let f = failures.withLock { $0 }
         #expect(f.isEmpty, "\(f.count): \(f.prefix(5))")
-        let after = CodeRegistry.shared.status
-        #expect(after.registrations == before.registrations)
-        #expect(after.frameSections == before.frameSections)
-        #expect(after.gdbFiles == before.gdbFiles)
+        // Other suites register in this process meanwhile: check this test's own code, not totals.
+        _ = before
+        let named = pools.flatMap { $0 }.filter { CodeRegistry.shared.symbolize($0.address + 3) != nil }
+        #expect(named.isEmpty, "\(named.count) addresses still named after every thread unregistered")
         let blocks = Set(pools.flatMap { $0.map { $0.address >> 21 } })
         let (syms, fdes, p) = try readGDB(blocks: blocks)
         let leftover = syms.keys.filter { (k: String) -> Bool in k.hasPrefix("cc") }
