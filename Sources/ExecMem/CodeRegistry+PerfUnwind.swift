@@ -158,6 +158,7 @@ enum PerfUnwindInfo {
         out += body
     }
 
+    /// Unsigned LEB128 (DWARF), appended to `out`; CFIProgram encodes with it too.
     static func uleb(_ v: UInt64, into out: inout [UInt8]) {
         var v = v
         repeat {
@@ -168,6 +169,7 @@ enum PerfUnwindInfo {
         } while v != 0
     }
 
+    /// Signed LEB128 (DWARF), appended to `out`.
     static func sleb(_ v: Int64, into out: inout [UInt8]) {
         var v = v
         while true {

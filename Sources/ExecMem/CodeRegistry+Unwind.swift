@@ -112,25 +112,9 @@ public struct CFIProgram: Sendable, Hashable {
 
     private mutating func uleb(_ v: Int) { uleb(v, into: &bytes) }
 
-    private func uleb(_ v: Int, into out: inout [UInt8]) {
-        var v = UInt(v)
-        repeat {
-            var b = UInt8(v & 0x7F)
-            v >>= 7
-            if v != 0 { b |= 0x80 }
-            out.append(b)
-        } while v != 0
-    }
+    private func uleb(_ v: Int, into out: inout [UInt8]) { PerfUnwindInfo.uleb(UInt64(v), into: &out) }
 
-    private func sleb(_ v: Int, into out: inout [UInt8]) {
-        var v = v
-        while true {
-            let b = UInt8(v & 0x7F)
-            v >>= 7
-            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) { out.append(b); return }
-            out.append(b | 0x80)
-        }
-    }
+    private func sleb(_ v: Int, into out: inout [UInt8]) { PerfUnwindInfo.sleb(Int64(v), into: &out) }
 }
 
 /// One block's synthesized `.eh_frame`.

@@ -19,16 +19,7 @@ func launch(_ tool: String, _ arguments: [String], environment: [String: String]
     p.arguments = arguments
     p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    nonisolated(unsafe) var e = Data()
-    let drained = DispatchSemaphore(value: 0)
-    DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); drained.signal() }
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    drained.wait()
-    p.waitUntilExit()
+    let (o, e) = try runCollecting(p)
     let signaled = p.terminationReason == .uncaughtSignal
     return Outcome(status: p.terminationStatus, signal: signaled ? p.terminationStatus : nil,
                    output: String(decoding: o, as: UTF8.self), errors: String(decoding: e, as: UTF8.self))

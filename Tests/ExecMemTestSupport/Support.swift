@@ -15,12 +15,8 @@ public let execmemBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deleti
 
 public struct ProcessResult: Sendable { public let status: Int32; public let output: String; public let errors: String }
 
-/// Runs `tool`; with `check`, a failure that printed nothing on standard output throws.
-@discardableResult
-public func run(_ tool: String, _ arguments: [String], check: Bool = true) throws -> ProcessResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: tool)
-    p.arguments = arguments
+/// Runs `p` to its end and returns what it wrote on standard output and error.
+public func runCollecting(_ p: Process) throws -> (output: Data, errors: Data) {
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
@@ -32,6 +28,16 @@ public func run(_ tool: String, _ arguments: [String], check: Bool = true) throw
     let o = out.fileHandleForReading.readDataToEndOfFile()
     drained.wait()
     p.waitUntilExit()
+    return (o, e)
+}
+
+/// Runs `tool`; with `check`, a failure that printed nothing on standard output throws.
+@discardableResult
+public func run(_ tool: String, _ arguments: [String], check: Bool = true) throws -> ProcessResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: tool)
+    p.arguments = arguments
+    let (o, e) = try runCollecting(p)
     let r = ProcessResult(status: p.terminationStatus, output: String(decoding: o, as: UTF8.self), errors: String(decoding: e, as: UTF8.self))
     if check && r.status != 0 && r.output.isEmpty { throw Failure("\(tool) \(arguments.joined(separator: " ")) failed: \(r.errors)") }
     return r
