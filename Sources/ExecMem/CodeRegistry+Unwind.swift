@@ -17,6 +17,7 @@
 import CExecMemDebug
 
 /// DW_CFA instructions for a synthesized frame, in the x86-64 DWARF register numbering.
+/// A value built by one thread; the bytes it yields are safe to share.
 public struct CFIProgram: Sendable, Hashable {
     /// The encoded instructions.
     public private(set) var bytes: [UInt8] = []

@@ -89,6 +89,9 @@ public enum CodeUnwind: Sendable, Hashable {
 }
 
 /// Everything a client says about one piece of code.
+///
+/// Thread safety: a value, safe to share; the addresses it names must stay mapped while it is
+/// registered (jitdump copies the bytes at registration).
 public struct CodeRegistration: Sendable {
     /// The piece's name: a program's or stub's symbol, or a module's name for a module's text.
     public var name: String
@@ -313,7 +316,7 @@ extension CodeRegistry {
     }
 }
 
-/// A snapshot of the registry's sinks.
+/// A snapshot of the registry's sinks (a value: it does not change after it is read).
 public struct CodeRegistryStatus: Sendable, Hashable {
     /// Live registrations.
     public var registrations: Int

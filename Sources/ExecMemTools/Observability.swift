@@ -18,6 +18,8 @@ import ExecMem
 /// Call from the main thread at the start of a command, before anything is loaded (perf's map and
 /// jitdump start with the first registration; the crash handler must come before live patching's
 /// SIGTRAP handler, which hands it the traps that are not its own).
+/// Thread safety: call `enable` once, on the main thread, before any code is loaded (it installs
+/// the crash handler for that thread).
 public enum Observability {
     /// Installs the crash report for SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGTRAP and feeds the
     /// registry's signal-safe table (`CodeSinks.crashTable`); with `perf`, the perf map and jitdump;
