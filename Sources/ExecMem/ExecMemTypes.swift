@@ -181,3 +181,9 @@ public struct Allocation: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+
+/// The library's version. A value type of constants, usable from any thread.
+public enum ExecMemVersion {
+    /// Semantic version of the library and the `execmem` command.
+    public static let string = "0.12.0"
+}

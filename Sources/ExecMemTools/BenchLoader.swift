@@ -24,36 +24,48 @@ extension Bench {
         func cc(_ args: [String]) throws { _ = try CPrograms.run(clang, args) }
         var out: [BenchResult] = []
         typealias Entry = @convention(c) () -> Int
-        // Load and run.
-        for (name, driver, archive, shared, lib) in [("zlib", "zbench", "/usr/lib/x86_64-linux-gnu/libz.a", "zbench", "-lz"),
-                                                     ("SQLite", "sqlbench", "/usr/lib/x86_64-linux-gnu/libsqlite3.a", "sqlbench", "-lsqlite3")] {
-            guard FileManager.default.fileExists(atPath: archive) else { continue }
-            try cc(["-O2", "-c", "\(sources)/\(driver).c", "-o", "\(dir)/\(driver).o"])
-            try cc(["-O2", "-fPIC", "-shared", "\(sources)/\(driver).c", lib, "-o", "\(dir)/lib\(shared).so"])
-            let rounds = max(3, Int(20 * scale))
-            var expected = 0
-            let t0 = Clock.now
-            for _ in 0..<rounds {
-                let loader = ModuleLoader()
-                let module = try loader.load(files: ["\(dir)/\(driver).o", archive])
-                expected = unsafeBitCast(UnsafeRawPointer(bitPattern: module.address(of: "bench_main")!)!, to: Entry.self)()
-                module.unload()
+        // Load: read to ready-to-run (files read, linked, placed, relocated, constructors run), in
+        // CPU time, the minimum of `runs` runs interleaved with the peers'. Then the module runs once,
+        // its result checked against the shared build's, and is unloaded (not timed).
+        let runs = max(3, Int(11 * scale))
+        try cc(["-O2", "-c", "\(sources)/trivial.c", "-o", "\(dir)/trivial.o"])
+        try cc(["-O2", "-fPIC", "-shared", "\(sources)/trivial.c", "-o", "\(dir)/libtrivial.so"])
+        let jitlink = LoaderPeers.jitlink
+        for (name, driver, archive, lib) in [("trivial object", "trivial", nil, nil),
+                                             ("zlib driver + libz.a", "zbench", "/usr/lib/x86_64-linux-gnu/libz.a", "-lz"),
+                                             ("SQLite driver + libsqlite3.a", "sqlbench", "/usr/lib/x86_64-linux-gnu/libsqlite3.a", "-lsqlite3")] as [(String, String, String?, String?)] {
+            if let archive, !FileManager.default.fileExists(atPath: archive) { continue }
+            if let lib {
+                try cc(["-O2", "-c", "\(sources)/\(driver).c", "-o", "\(dir)/\(driver).o"])
+                try cc(["-O2", "-fPIC", "-shared", "\(sources)/\(driver).c", lib, "-o", "\(dir)/lib\(driver).so"])
             }
-            let ours = t0.elapsedSeconds * 1000 / Double(rounds)
-            let t1 = Clock.now
-            for _ in 0..<rounds {
-                guard let h = dlopen("\(dir)/lib\(shared).so", RTLD_NOW | RTLD_LOCAL), let f = dlsym(h, "bench_main") else {
-                    throw BenchError("dlopen: \(String(cString: dlerror()))")
-                }
-                let r = unsafeBitCast(f, to: Entry.self)()
-                guard r == expected else { throw BenchError("\(name): dlopen'd driver returned \(r), ExecMem's \(expected)") }
+            let files = ["\(dir)/\(driver).o"] + (archive.map { [$0] } ?? [])
+            let loader = ModuleLoader()
+            var ours = Double.infinity, dl = Double.infinity, jl = Double.infinity
+            var expected = 0, got = 0
+            for _ in 0..<runs {
+                var module: LoadedModule? = nil
+                ours = min(ours, try LoaderPeers.cpuMilliseconds { module = try loader.load(files: files) })
+                got = unsafeBitCast(UnsafeRawPointer(bitPattern: module!.address(of: "bench_main")!)!, to: Entry.self)()
+                module!.unload()
+                var handle: UnsafeMutableRawPointer? = nil
+                dl = min(dl, LoaderPeers.cpuMilliseconds { handle = dlopen("\(dir)/lib\(driver).so", RTLD_NOW | RTLD_LOCAL) })
+                guard let h = handle, let f = dlsym(h, "bench_main") else { throw BenchError("dlopen: \(String(cString: dlerror()))") }
+                expected = unsafeBitCast(f, to: Entry.self)()
                 dlclose(h)
+                guard got == expected else { throw BenchError("\(name): the dlopen'd driver returned \(expected), ExecMem's \(got)") }
+                if let jitlink { jl = min(jl, try LoaderPeers.jitlinkMilliseconds(jitlink, files)) }
             }
-            let theirs = t1.elapsedSeconds * 1000 / Double(rounds)
-            out.append(BenchResult(benchmark: "loader", figure: "load + run + unload, \(name) driver + static archive", unit: "ms",
-                                   value: ours, baseline: "dlopen + run + dlclose, shared build", baselineValue: theirs, ratio: theirs / ours,
-                                   notes: "\(rounds) rounds; ExecMem links the archive members it needs each round"))
+            if jitlink != nil {
+                out.append(BenchResult(benchmark: "loader", figure: "load (read to ready-to-run), \(name)", unit: "ms CPU", value: ours,
+                                       baseline: "llvm-jitlink-19 -noexec (its -show-times total)", baselineValue: jl, ratio: jl / ours,
+                                       notes: "min of \(runs) interleaved runs; the ratio is how many times faster than JITLink"))
+            }
+            out.append(BenchResult(benchmark: "loader", figure: "load (read to ready-to-run), \(name)", unit: "ms CPU", value: ours,
+                                   baseline: "dlopen, shared build (ld.so, shared libraries)", baselineValue: dl, ratio: dl / ours,
+                                   notes: "min of \(runs) interleaved runs\(jitlink == nil ? "; llvm-jitlink-19 not installed (apt-get install llvm-19)" : "")"))
         }
+        out += try startupFigures(runs: runs)
         // Call cost.
         try cc(["-O2", "-fPIC", "-c", "\(sources)/callbench.c", "-o", "\(dir)/callbench.o"])
         try cc(["-O2", "-fPIC", "-c", "\(sources)/callee.c", "-o", "\(dir)/callee.o"])

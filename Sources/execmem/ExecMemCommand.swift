@@ -11,6 +11,7 @@ struct ExecMemCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "execmem",
         abstract: "One allocator for memory that holds code: 2 MiB pages kept, one range near the executable, typed, W^X.",
+        version: ExecMemVersion.string,
         subcommands: [Demo.self, Doctor.self, Bench.self, BPFCommand.self, SimCommand.self, LoadCommand.self, TraceCommand.self, SelfTestCommand.self],
         defaultSubcommand: Demo.self)
 }
