@@ -4,6 +4,7 @@
 
 import ArgumentParser
 import ExecMem
+import ExecMemLoader
 import ExecMemTools
 import Foundation
 import Glibc
@@ -35,7 +36,7 @@ struct SelfTestCommand: ParsableCommand {
         commandName: "selftest",
         abstract: "Run x86-64 written and registered by hand: a loop for perf, or a crash for the crash report.",
         shouldDisplay: false,
-        subcommands: [Spin.self, Crash.self])
+        subcommands: [Spin.self, Crash.self, LoadLoop.self])
 
     struct Spin: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Spin in execmem_selftest_spin for a while.")
@@ -64,3 +65,25 @@ struct SelfTestCommand: ParsableCommand {
 }
 
 extension SelfTestCode.Crash: ExpressibleByArgument {}
+
+extension SelfTestCommand {
+    /// Loads and unloads the same files again and again: something steady for a profiler.
+    struct LoadLoop: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "load-loop", abstract: "Load and unload FILES N times (for perf record); print the fastest load.")
+        @Argument(help: "Objects and archives, loaded as one module.") var files: [String]
+        @Option(help: "How many loads.") var times = 100
+
+        func run() throws {
+            let loader = ModuleLoader()
+            var best = Double.infinity
+            for _ in 0..<max(1, times) {
+                let t = DispatchTime.now().uptimeNanoseconds
+                let module: LoadedModule
+                do { module = try loader.load(files: files) } catch { throw fail(error.description) }
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t) / 1e6)
+                module.unload()
+            }
+            print(String(format: "fastest load: %.3f ms", best))
+        }
+    }
+}
