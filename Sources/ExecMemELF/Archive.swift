@@ -2,12 +2,18 @@
 // archive's symbol table (GNU `/` or BSD `__.SYMDEF`), so the loader pulls in only what resolves an
 // undefined symbol, as a linker does. Long names come from the GNU `//` table or BSD `#1/len`.
 
-/// One member of an archive: its name, where its header is, its bytes.
+/// One member of an archive: its name, where its header is, its bytes. A value type sharing the
+/// archive's bytes (nothing is copied until `bytes` is read); `Sendable`.
 public struct ArchiveMember: Sendable {
+    /// The member's name (long names resolved).
     public let name: String
     /// Offset of the member's header in the archive (what symbol tables point at).
     public let headerOffset: Int
-    public let bytes: [UInt8]
+    /// Where the member's bytes are in the archive.
+    public let range: Range<Int>
+    let archive: [UInt8]
+    /// The member's bytes (a copy made on each read: read it once).
+    public var bytes: [UInt8] { Array(archive[range]) }
 }
 
 /// An `ar` archive read and checked: its members and which member defines each symbol.
@@ -51,14 +57,14 @@ public struct Archive: Sendable {
                 dataStart += n
                 dataSize -= n
             }
-            let data = Array(bytes[dataStart..<(dataStart + dataSize)])
+            func data() -> [UInt8] { Array(bytes[dataStart..<(dataStart + dataSize)]) }
             if memberName == "/" || memberName == "/SYM64/" {
-                gnuSymbols = try Archive.gnuSymbolTable(data, wide: memberName == "/SYM64/", file: name)
+                gnuSymbols = try Archive.gnuSymbolTable(data(), wide: memberName == "/SYM64/", file: name)
             } else if memberName == "//" {
-                longNames = data
+                longNames = data()
                 longNamesAt = dataStart
             } else if memberName.hasPrefix("__.SYMDEF") {
-                (bsdSymbols, bsdRepeated) = try Archive.bsdSymbolTable(data, at: dataStart, file: name, names: &names)
+                (bsdSymbols, bsdRepeated) = try Archive.bsdSymbolTable(data(), at: dataStart, file: name, names: &names)
             } else {
                 if memberName.hasPrefix("/"), memberName.count > 1 {  // GNU long name
                     guard let offset = Int(memberName.dropFirst()), offset >= 0, offset < longNames.count else {
@@ -74,7 +80,7 @@ public struct Archive: Sendable {
                 } else if memberName.hasSuffix("/") {
                     memberName.removeLast()
                 }
-                members.append(ArchiveMember(name: memberName, headerOffset: at, bytes: data))
+                members.append(ArchiveMember(name: memberName, headerOffset: at, range: dataStart..<(dataStart + dataSize), archive: bytes))
             }
             at += 60 + size
         }

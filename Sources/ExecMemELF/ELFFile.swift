@@ -131,25 +131,29 @@ public struct ELFFile: Sendable {
             throw .unsupported(file: name, what: "\(shnum) sections: more than \(Self.maxSections) (ELFFile.maxSections) need extended section indexes (SHN_XINDEX), which this reader does not support")
         }
         _ = try r.range(shoff, shnum * 64, "\(shnum) section headers")
-        struct Raw { var nameOffset: Int; var type: UInt32; var flags: UInt64; var addr: UInt64; var offset: Int; var size: Int
-                     var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64 }
-        var raws: [Raw] = []
-        raws.reserveCapacity(shnum)
-        for i in 0..<shnum {
-            let h = shoff + i * 64
-            let type: UInt32 = try r.le(h + 4)
-            let offset64: UInt64 = try r.le(h + 24), size64: UInt64 = try r.le(h + 32)
+        struct Raw { var nameOffset: Int; var type: UInt32; var flags: UInt64; var addr: UInt64; var offset64: UInt64; var size64: UInt64
+                     var link: UInt32; var info: UInt32; var align: UInt64; var entsize: UInt64
+                     var offset: Int { Int(truncatingIfNeeded: offset64) }
+                     var size: Int { Int(truncatingIfNeeded: size64) } }
+        // The headers' range is checked above: read them in one pass, then check each.
+        let raws: [Raw] = bytes.withUnsafeBytes { p in
+            (0..<shnum).map { i in
+                let h = shoff + i * 64
+                return Raw(nameOffset: Int(p.loadUnaligned(fromByteOffset: h, as: UInt32.self)), type: p.loadUnaligned(fromByteOffset: h + 4, as: UInt32.self),
+                           flags: p.loadUnaligned(fromByteOffset: h + 8, as: UInt64.self), addr: p.loadUnaligned(fromByteOffset: h + 16, as: UInt64.self),
+                           offset64: p.loadUnaligned(fromByteOffset: h + 24, as: UInt64.self), size64: p.loadUnaligned(fromByteOffset: h + 32, as: UInt64.self),
+                           link: p.loadUnaligned(fromByteOffset: h + 40, as: UInt32.self), info: p.loadUnaligned(fromByteOffset: h + 44, as: UInt32.self),
+                           align: p.loadUnaligned(fromByteOffset: h + 48, as: UInt64.self), entsize: p.loadUnaligned(fromByteOffset: h + 56, as: UInt64.self))
+            }
+        }
+        for (i, raw) in raws.enumerated() {
             // Both must be numbers an Int holds (a NOBITS section's describe no file bytes, but they
             // are never clamped into range either).
-            let size = try r.int(size64, "section \(i) sh_size")
-            let offset = try r.int(offset64, "section \(i) sh_offset")
-            let raw = Raw(nameOffset: Int(try r.le(h, as: UInt32.self)), type: type, flags: try r.le(h + 8),
-                          addr: try r.le(h + 16), offset: offset, size: size,
-                          link: try r.le(h + 40), info: try r.le(h + 44), align: try r.le(h + 48), entsize: try r.le(h + 56))
+            _ = try r.int(raw.size64, "section \(i) sh_size")
+            _ = try r.int(raw.offset64, "section \(i) sh_offset")
             if raw.type != ELF.SHT_NOBITS {
                 _ = try r.range(raw.offset, raw.size, "section \(i) contents")
             }
-            raws.append(raw)
         }
         guard shnum == 0 || shstrndx < shnum else { throw .badIndex(file: name, what: "section name table", index: shstrndx, count: shnum) }
         if shnum > 0 && raws[shstrndx].type == ELF.SHT_NOBITS {
@@ -184,19 +188,23 @@ public struct ELFFile: Sendable {
             // Names may overlap in the string table: each offset is decoded once, and what all names
             // (sections' and symbols') take together is bounded by the file's size.
             let strings = strtab.offset..<(strtab.offset + strtab.size)
-            for i in 0..<(symtab.size / 24) {
+            let count = symtab.size / 24
+            symbols.reserveCapacity(count)
+            // .symtab's bytes were checked with the section; each entry is read in place.
+            for i in 0..<count {
                 let s = symtab.offset + i * 24
-                let nameOffset = Int(try r.le(s, as: UInt32.self))
+                let (nameOffset, info, other, shndx, value, size) = bytes.withUnsafeBytes { p in
+                    (Int(p.loadUnaligned(fromByteOffset: s, as: UInt32.self)), p[s + 4], p[s + 5], p.loadUnaligned(fromByteOffset: s + 6, as: UInt16.self),
+                     p.loadUnaligned(fromByteOffset: s + 8, as: UInt64.self), p.loadUnaligned(fromByteOffset: s + 16, as: UInt64.self))
+                }
                 let symName = nameOffset == 0 ? "" : try names.name(r, at: nameOffset, in: strings, "symbol \(i)")
-                let shndx: UInt16 = try r.le(s + 6)
                 if shndx == ELF.SHN_XINDEX {
                     throw .unsupported(file: name, what: "symbol '\(symName)' has an extended section index (SHN_XINDEX)")
                 }
                 if shndx != ELF.SHN_UNDEF && shndx < ELF.SHN_LORESERVE && Int(shndx) >= sections.count {
                     throw .badIndex(file: name, what: "section of symbol '\(symName)'", index: Int(shndx), count: sections.count)
                 }
-                symbols.append(ELFSymbol(index: i, name: symName, value: try r.le(s + 8), size: try r.le(s + 16),
-                                         info: try r.u8(s + 4), other: try r.u8(s + 5), sectionIndex: shndx))
+                symbols.append(ELFSymbol(index: i, name: symName, value: value, size: size, info: info, other: other, sectionIndex: shndx))
             }
         }
         self.symbols = symbols
@@ -237,23 +245,30 @@ public struct ELFFile: Sendable {
     /// each call (linear in the entries); a client that needs them twice keeps the result.
     public func relocations(for section: ELFSection) throws(ELFError) -> [ELFRelocation] {
         var out: [ELFRelocation] = []
-        let r = ELFReader(bytes, file: name)
         for rel in (relocationSections[section.index] ?? []).map({ sections[$0] }) {
             let entry = rel.type == ELF.SHT_RELA ? 24 : 16
             guard rel.size % entry == 0 else { throw .malformed(file: name, what: "\(rel.name) size \(rel.size) is not a multiple of \(entry)") }
-            for i in 0..<(rel.size / entry) {
-                let e = rel.offset + i * entry
-                let info: UInt64 = try r.le(e + 8)
-                let symbol = Int(info >> 32)
-                guard symbol < symbols.count else {  // a file without .symtab has no symbol 0 to name
-                    throw .badIndex(file: name, what: "symbol of relocation \(i) in \(rel.name)", index: symbol, count: symbols.count)
+            // The table's bytes were checked with its section: decoded in one pass, each entry's
+            // symbol and offset checked after.
+            let first = out.count, count = rel.size / entry, rela = rel.type == ELF.SHT_RELA
+            out.reserveCapacity(first + count)
+            bytes.withUnsafeBytes { p in
+                for i in 0..<count {
+                    let e = rel.offset + i * entry
+                    let info = p.loadUnaligned(fromByteOffset: e + 8, as: UInt64.self)
+                    out.append(ELFRelocation(offset: p.loadUnaligned(fromByteOffset: e, as: UInt64.self), type: UInt32(truncatingIfNeeded: info),
+                                             symbolIndex: Int(info >> 32), addend: rela ? p.loadUnaligned(fromByteOffset: e + 16, as: Int64.self) : nil))
                 }
-                let offset: UInt64 = try r.le(e)
-                guard offset < UInt64(max(section.size, 0)) || (offset == 0 && section.size == 0) else {
-                    throw .malformed(file: name, what: "relocation \(i) in \(rel.name) at offset \(offset) is outside \(section.name) (\(section.size) bytes)")
+            }
+            let limit = UInt64(max(section.size, 0))
+            for i in 0..<count {
+                let e = out[first + i]
+                guard e.symbolIndex < symbols.count else {  // a file without .symtab has no symbol 0 to name
+                    throw .badIndex(file: name, what: "symbol of relocation \(i) in \(rel.name)", index: e.symbolIndex, count: symbols.count)
                 }
-                out.append(ELFRelocation(offset: offset, type: UInt32(truncatingIfNeeded: info), symbolIndex: symbol,
-                                         addend: rel.type == ELF.SHT_RELA ? try r.le(e + 16) : nil))
+                guard e.offset < limit || (e.offset == 0 && section.size == 0) else {
+                    throw .malformed(file: name, what: "relocation \(i) in \(rel.name) at offset \(e.offset) is outside \(section.name) (\(section.size) bytes)")
+                }
             }
         }
         // Assemblers write them in order: sort only when they are not.

@@ -4,6 +4,10 @@
 // a malformed value into a valid one), each `offset + size` is checked against its container with
 // overflow-checked arithmetic, and each error names the structure, the field and its value.
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Little-endian reads of a file's bytes, each checked.
 ///
 /// A value type over the file's bytes (shared, not copied); `Sendable`, usable from any thread.
@@ -31,9 +35,7 @@ public struct ELFReader: Sendable {
         guard at >= 0, n <= bytes.count, at <= bytes.count - n else {
             throw .truncated(file: file, what: "\(field()) (\(n) bytes)", offset: at, size: bytes.count)
         }
-        var v: T = 0
-        for i in 0..<n { v |= T(truncatingIfNeeded: bytes[at + i]) << (8 * i) }
-        return v
+        return T(littleEndian: bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: T.self) })
     }
 
     /// `value` as an `Int`, exactly. - Throws: `ELFError.malformed` naming `field` and the value.
@@ -58,10 +60,13 @@ public struct ELFReader: Sendable {
         guard at >= 0, at < limit, limit <= bytes.count else {
             throw .truncated(file: file, what: "string", offset: at, size: limit)
         }
-        var end = at
-        while end < limit && bytes[end] != 0 { end += 1 }
-        guard end < limit else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
-        return String(decoding: bytes[at..<end], as: UTF8.self)
+        let name: String? = bytes.withUnsafeBytes { p in
+            let start = p.baseAddress! + at
+            guard let nul = memchr(start, 0, limit - at) else { return nil }
+            return String(decoding: UnsafeRawBufferPointer(start: start, count: start.distance(to: UnsafeRawPointer(nul))), as: UTF8.self)
+        }
+        guard let name else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
+        return name
     }
 }
 

@@ -8,6 +8,8 @@ import Foundation
 struct InputObject {
     let name: String
     let elf: ELFFile
+    /// The id (`GlobalNames`) of each symbol that is a named global, -1 for the others.
+    let globalID: [Int32]
     /// Sections left out: later copies of a COMDAT group already loaded.
     var excluded: Set<Int> = []
     /// Section index -> its relocations, read once by `Link.plan` for the placed sections.
@@ -27,10 +29,11 @@ public struct LoaderInput: Sendable {
 }
 
 enum Inputs {
-    /// The objects given, plus the archive members they need.
-    static func resolve(_ inputs: [LoaderInput]) throws(LoaderError) -> [InputObject] {
+    /// The objects given, plus the archive members they need, and the ids of their global names.
+    static func resolve(_ inputs: [LoaderInput]) throws(LoaderError) -> (objects: [InputObject], names: GlobalNames) {
         var objects: [InputObject] = []
         var archives: [Archive] = []
+        var globals = GlobalNames()
         // The names of every object of the load, given or pulled from an archive, share one budget
         // in proportion to the load's input bytes (each member's own would add 1 MiB per member).
         var names = ELFNameBudget(inputBytes: inputs.reduce(0) { $0 + $1.bytes.count })
@@ -39,7 +42,8 @@ enum Inputs {
                 if Archive.isArchive(input.bytes) {
                     archives.append(try Archive(bytes: input.bytes, name: input.name))
                 } else {
-                    objects.append(InputObject(name: input.name, elf: try ELFFile(bytes: input.bytes, name: input.name, machine: ELF.EM_X86_64, names: &names)))
+                    let elf = try ELFFile(bytes: input.bytes, name: input.name, machine: ELF.EM_X86_64, names: &names)
+                    objects.append(InputObject(name: input.name, elf: elf, globalID: globals.ids(of: elf)))
                 }
             } catch {
                 throw .elf(error)
@@ -48,62 +52,73 @@ enum Inputs {
         for o in objects where o.elf.type != ELF.ET_REL {
             throw .badInput(object: o.name, reason: "ELF type \(o.elf.type) is not a relocatable object (ET_REL)")
         }
-        guard !archives.isEmpty else { return objects }
+        guard !archives.isEmpty else { return (objects, globals) }
         // As ld does with a group: each archive is searched until it resolves nothing more (so a
         // member's needs are met from its own archive first), then the next, round again while any
         // archive has symbols it has not looked at. Each archive looks at each symbol once: one
         // whose member was taken, or that it does not define, is never looked at by it again.
         var taken = [Set<Int>](repeating: [], count: archives.count)  // member indexes pulled
-        var pending = [[String]](repeating: [], count: archives.count)
-        let indexed = Set(archives.flatMap(\.symbolIndex.keys))
-        var symbols = SymbolSets { indexed.contains($0) }
+        var pending = [[Int32]](repeating: [], count: archives.count)
+        var symbols = SymbolSets()
         // Only to the archives whose index names it: pending work is bounded by the indexes' sizes.
-        symbols.onUnresolved = { name in for i in archives.indices where archives[i].symbolIndex[name] != nil { pending[i].append(name) } }
-        for o in objects { symbols.add(o) }
-        for i in pending.indices { pending[i].sort() }
+        func add(_ o: InputObject) {
+            symbols.add(o, names: globals) { id, name in
+                for i in archives.indices where archives[i].symbolIndex[name] != nil { pending[i].append(id) }
+            }
+        }
+        for o in objects { add(o) }
+        for i in pending.indices { pending[i].sort { globals.names[Int($0)] < globals.names[Int($1)] } }
         while let i = pending.indices.first(where: { !pending[$0].isEmpty }) {
             var next = 0
             while next < pending[i].count {
                 let symbol = pending[i][next]
                 next += 1
-                guard symbols.unresolved.contains(symbol), let m = archives[i].symbolIndex[symbol], taken[i].insert(m).inserted else { continue }
+                guard symbols.isUnresolved(symbol), let m = archives[i].symbolIndex[globals.names[Int(symbol)]], taken[i].insert(m).inserted else { continue }
                 let member = archives[i].members[m]
                 // The member's name as errors show it, at most 256 bytes of it (a long name may be
                 // shared by many members; a copy each would not be).
                 let memberName = member.name.utf8.count > 256 ? String(member.name.prefix(256)) + "..." : member.name
                 let name = "\(archives[i].name)(\(memberName))"
                 do {
-                    objects.append(InputObject(name: name, elf: try ELFFile(bytes: member.bytes, name: name, machine: ELF.EM_X86_64, names: &names)))
+                    let elf = try ELFFile(bytes: member.bytes, name: name, machine: ELF.EM_X86_64, names: &names)
+                    objects.append(InputObject(name: name, elf: elf, globalID: globals.ids(of: elf)))
                 } catch {
                     throw .elf(error)
                 }
-                symbols.add(objects[objects.count - 1])
+                add(objects[objects.count - 1])
             }
             pending[i] = []
         }
-        return objects
+        return (objects, globals)
     }
 
-    /// Global symbols defined and referenced (undefined, not weak) by the objects.
+    /// Global symbols defined and referenced (undefined, not weak) by the objects, by id.
     struct SymbolSets {
-        var defined = Set<String>()
+        private var defined: [Bool] = []
         /// Referenced (undefined, not weak), not defined by any object so far, and defined by a
         /// member of an archive (the others, host symbols say, are resolved later, not here).
-        var unresolved = Set<String>()
-        let pullable: (String) -> Bool
-        /// Called for each symbol as it becomes unresolved.
-        var onUnresolved: (String) -> Void = { _ in }
+        private var unresolved: [Bool] = []
 
-        mutating func add(_ o: InputObject) {
-            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && !s.isUndefined && !s.isCommon {
-                defined.insert(s.name)
-                unresolved.remove(s.name)
+        func isUnresolved(_ id: Int32) -> Bool { Int(id) < unresolved.count && unresolved[Int(id)] }
+
+        /// Adds an object's symbols; `becameUnresolved(id, name)` is called for each symbol that
+        /// becomes unresolved, and says nothing when no archive defines it.
+        mutating func add(_ o: InputObject, names: GlobalNames, becameUnresolved: (Int32, String) -> Void) {
+            if defined.count < names.count {
+                defined += [Bool](repeating: false, count: names.count - defined.count)
+                unresolved += [Bool](repeating: false, count: names.count - unresolved.count)
+            }
+            let symbols = o.elf.symbols
+            for (s, id) in o.globalID.enumerated() where id >= 0 && symbols[s].isGlobal && !symbols[s].isUndefined && !symbols[s].isCommon {
+                defined[Int(id)] = true
+                unresolved[Int(id)] = false
             }
             // A COMMON symbol is a tentative definition: as ld does, a member that really defines
             // it is pulled (its definition then wins over the COMMON one).
-            for s in o.elf.symbols where s.isGlobal && !s.name.isEmpty && (s.isUndefined && !s.isWeak || s.isCommon)
-                && !defined.contains(s.name) && pullable(s.name) {
-                if unresolved.insert(s.name).inserted { onUnresolved(s.name) }
+            for (s, id) in o.globalID.enumerated() where id >= 0 && symbols[s].isGlobal && (symbols[s].isUndefined && !symbols[s].isWeak || symbols[s].isCommon)
+                && !defined[Int(id)] && !unresolved[Int(id)] {
+                unresolved[Int(id)] = true
+                becameUnresolved(id, names.names[Int(id)])
             }
         }
     }

@@ -49,7 +49,7 @@ enum Bucket: Int, CaseIterable, CustomStringConvertible {
 /// Where every loaded section went, before addresses are known.
 struct Layout {
     /// (object, section) -> (bucket, offset in the bucket).
-    var place: [SectionKey: (Bucket, Int)] = [:]
+    var place: SectionMap<(Bucket, Int)>
     var size = [Int](repeating: 0, count: Bucket.allCases.count)
     var alignment = [Int](repeating: 1, count: Bucket.allCases.count)
     /// COMMON symbols, placed at the end of data: (object, symbol) -> offset in data.
@@ -59,10 +59,10 @@ struct Layout {
     var fileBytes = [Int](repeating: 0, count: Bucket.allCases.count)
     /// NOBITS sections and COMMON symbols waiting for `placeZeroFill`, after every `append`.
     private var zeroFill: [(section: SectionKey?, symbol: SymbolKey?, bucket: Bucket, bytes: Int, alignment: Int, name: String, object: String)] = []
-    private var zeroFillSections: Set<SectionKey> = []
+    private var zeroFillSections: SectionMap<Bool>
     private var zeroFillPlaced = false
     /// Thread-local sections: (object, section) -> offset in the module's TLS image.
-    var tls: [SectionKey: Int] = [:]
+    var tls: SectionMap<Int>
     var tlsSize = 0
     var tlsAlignment = 1
 
@@ -99,8 +99,12 @@ struct Layout {
 
     init(_ objects: [InputObject], commons: [(object: Int, symbol: Int)], limit: Int = Layout.maxImageBytes) throws(LoaderError) {
         self.limit = limit
+        let counts = objects.map(\.elf.sections.count)
+        place = SectionMap(sectionCounts: counts)
+        tls = SectionMap(sectionCounts: counts)
+        zeroFillSections = SectionMap(sectionCounts: counts)
         for (o, obj) in objects.enumerated() {
-            for s in obj.elf.sections where !obj.excluded.contains(s.index) {
+            for s in obj.elf.sections where obj.excluded.isEmpty || !obj.excluded.contains(s.index) {
                 let a = try Self.alignment(s.alignment, "section \(s.name)", object: obj.name)
                 if s.isAllocated && s.flags & ELF.SHF_TLS != 0 {
                     tlsSize = Layout.align(tlsSize, a)
@@ -117,7 +121,7 @@ struct Layout {
                 }
                 if !s.hasFileBytes {
                     zeroFill.append((SectionKey(object: o, section: s.index), nil, b, s.size, a, s.name, obj.name))  // names shared, not copied
-                    zeroFillSections.insert(SectionKey(object: o, section: s.index))
+                    zeroFillSections[SectionKey(object: o, section: s.index)] = true
                     continue
                 }
                 let at = Layout.align(size[b.rawValue], a)
@@ -156,7 +160,7 @@ struct Layout {
     }
 
     /// Whether (object, section) is a NOBITS section that `placeZeroFill` places.
-    func isZeroFill(_ key: SectionKey) -> Bool { zeroFillSections.contains(key) }
+    func isZeroFill(_ key: SectionKey) -> Bool { zeroFillSections[key] == true }
 
     /// Places the NOBITS sections and COMMON symbols after everything else in their buckets (once,
     /// after the last `append`), so that the bytes before them are all that is built as an image.

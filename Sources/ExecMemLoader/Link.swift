@@ -7,9 +7,9 @@ import ExecMem
 import ExecMemELF
 import Foundation
 
-/// A symbol as relocations name it.
+/// A symbol as relocations name it: a global by its id (`GlobalNames`), a local by where it is.
 enum Identity: Hashable {
-    case global(String)
+    case global(Int32)
     case local(object: Int, symbol: Int)
 }
 
@@ -22,19 +22,24 @@ enum GotKey: Hashable {
 
 struct Link {
     var objects: [InputObject]
-    /// Global definitions of the module: name -> (object, symbol).
-    var globals: [String: (object: Int, symbol: Int)] = [:]
+    /// The load's global names and their ids.
+    let names: GlobalNames
+    /// Global definitions of the module, by id: (object, symbol), or (-1, -1) for none.
+    var globals: [(object: Int, symbol: Int)]
+    /// Whether some object references each id undefined.
+    var referenced: [Bool]
     var layout: Layout
     var got: [GotKey: Int] = [:]
     var gotOrder: [GotKey] = []
-    /// External functions a rel32 may need to reach through a veneer, by name.
-    var veneers: [String: Int] = [:]
+    /// External functions a rel32 may need to reach through a veneer: id -> veneer index.
+    var veneers: [Int32: Int] = [:]
     var gotOffset = 0, veneerOffset = 0
-    /// Host and other-module symbols, looked up once.
-    var external: [String: UInt] = [:]
-    /// Names other loaded modules export: their data is in this loader's memory, not the host's, and
-    /// needs no range placed near a library (a rel32 to it fits when both modules share a range).
-    var moduleExports: Set<String> = []
+    /// Host and other-module symbols by id, looked up once.
+    var external: [UInt?]
+    /// Whether an external symbol is another loaded module's export: its data is in this loader's
+    /// memory, not the host's, and needs no range placed near a library (a rel32 to it fits when
+    /// both modules share a range).
+    var fromModule: [Bool]
     var tlsBase = 0
     /// Each object's `.eh_frame` in rodata, and the FDEs of functions left out, by section (see EHFrame).
     var frames: [FrameTable] = []
@@ -46,34 +51,43 @@ struct Link {
     static let veneerSize = 8  // jmp *slot(%rip) + 2 bytes of int3
 
     init(_ inputs: [LoaderInput], maxModuleBytes: Int = Layout.maxImageBytes) throws(LoaderError) {
-        var objects = try Inputs.resolve(inputs)
+        var (objects, names) = try Inputs.resolve(inputs)
         try Link.excludeDuplicateGroups(&objects)
-        var globals: [String: (object: Int, symbol: Int)] = [:]
-        var commons: [String: (Int, Int)] = [:]
-        var strong = Set<String>()
+        var globals = [(object: Int, symbol: Int)](repeating: (-1, -1), count: names.count)
+        var referenced = [Bool](repeating: false, count: names.count)
+        var commons: [Int32: (Int, Int)] = [:]
+        var strong = [Bool](repeating: false, count: names.count)
         for (o, obj) in objects.enumerated() {
-            for s in obj.elf.symbols where s.isGlobal && !s.isUndefined && !s.name.isEmpty {
-                if s.sectionIndex < ELF.SHN_LORESERVE && obj.excluded.contains(Int(s.sectionIndex)) { continue }
+            let symbols = obj.elf.symbols
+            for (i, g) in obj.globalID.enumerated() where g >= 0 {
+                let s = symbols[i], id = Int(g)
+                if s.isUndefined { referenced[id] = true; continue }
+                guard s.isGlobal else { continue }
+                if s.sectionIndex < ELF.SHN_LORESERVE && !obj.excluded.isEmpty && obj.excluded.contains(Int(s.sectionIndex)) { continue }
                 if s.isCommon {
-                    if let c = commons[s.name], objects[c.0].elf.symbols[c.1].size >= s.size { continue }
-                    commons[s.name] = (o, s.index)
+                    if let c = commons[g], objects[c.0].elf.symbols[c.1].size >= s.size { continue }
+                    commons[g] = (o, i)
                     continue
                 }
-                if let existing = globals[s.name] {
+                if globals[id].object >= 0 {
                     if s.isWeak { continue }
-                    if strong.contains(s.name) {
-                        throw .duplicateDefinition(name: s.name, first: objects[existing.object].name, second: obj.name)
+                    if strong[id] {
+                        throw .duplicateDefinition(name: s.name, first: objects[globals[id].object].name, second: obj.name)
                     }
                 }
-                globals[s.name] = (o, s.index)
-                if !s.isWeak { strong.insert(s.name) }
+                globals[id] = (o, i)
+                if !s.isWeak { strong[id] = true }
             }
         }
-        let unplacedCommons = commons.filter { globals[$0.key] == nil }
-        layout = try Layout(objects, commons: unplacedCommons.values.map { (object: $0.0, symbol: $0.1) }, limit: maxModuleBytes)
-        for (name, c) in unplacedCommons { globals[name] = c }
+        let unplacedCommons = commons.filter { globals[Int($0.key)].object < 0 }.sorted { $0.key < $1.key }
+        layout = try Layout(objects, commons: unplacedCommons.map { (object: $0.value.0, symbol: $0.value.1) }, limit: maxModuleBytes)
+        for (id, c) in unplacedCommons { globals[Int(id)] = c }
         self.objects = objects
+        self.names = names
         self.globals = globals
+        self.referenced = referenced
+        external = [UInt?](repeating: nil, count: names.count)
+        fromModule = [Bool](repeating: false, count: names.count)
     }
 
     /// Later copies of a COMDAT group (by signature) are left out.
@@ -107,17 +121,20 @@ struct Link {
     // MARK: - Symbols
 
     func identity(_ o: Int, _ s: Int) -> Identity {
-        let sym = objects[o].elf.symbols[s]
-        return sym.binding == ELF.STB_LOCAL || sym.name.isEmpty ? .local(object: o, symbol: s) : .global(sym.name)
+        let g = objects[o].globalID[s]
+        return g >= 0 ? .global(g) : .local(object: o, symbol: s)
     }
 
     /// The definition an identity resolves to inside the module, if any.
     func definition(_ id: Identity) -> (object: Int, symbol: Int)? {
         switch id {
         case let .local(o, s): return (o, s)
-        case let .global(name): return globals[name]
+        case let .global(g): return globals[Int(g)].object >= 0 ? globals[Int(g)] : nil
         }
     }
+
+    /// The name of a global id.
+    func name(_ g: Int32) -> String { names.names[Int(g)] }
 
     /// Whether the symbol is thread-local.
     func isTLS(_ o: Int, _ s: Int) -> Bool {
@@ -126,17 +143,25 @@ struct Link {
         return sym.sectionIndex < ELF.SHN_LORESERVE && layout.tls[Layout.SectionKey(object: o, section: Int(sym.sectionIndex))] != nil
     }
 
-    /// Looks up every undefined global in other modules and the host (once).
-    mutating func resolveExternals(exports: [String: UInt], object: String) throws(LoaderError) {
-        for (o, obj) in objects.enumerated() {
-            for s in obj.elf.symbols where s.isUndefined && !s.name.isEmpty && globals[s.name] == nil && external[s.name] == nil {
-                if let a = exports[s.name] { external[s.name] = a; continue }
-                if s.name == "__tls_get_addr" { external[s.name] = TLSArena.getAddr; continue }
-                if s.name == "_GLOBAL_OFFSET_TABLE_" || s.name == "__dso_handle" { continue }  // the module's own
-                if let p = cem_dlsym(s.name) { external[s.name] = UInt(bitPattern: p); continue }
-                if s.isWeak { external[s.name] = 0; continue }
-                throw .undefinedSymbol(name: s.name, object: objects[o].name)
-            }
+    /// The globals some object references that no object defines (each once, in id order), but
+    /// the module's own `_GLOBAL_OFFSET_TABLE_` and `__dso_handle`.
+    var undefinedGlobals: [Int32] {
+        (0..<Int32(names.count)).filter { globals[Int($0)].object < 0 && referenced[Int($0)] && !["_GLOBAL_OFFSET_TABLE_", "__dso_handle"].contains(names.names[Int($0)]) }
+    }
+
+    /// Resolves every undefined global: `found` answers for other modules' exports and the host's
+    /// provided symbols (with whether it is a module's), then `__tls_get_addr`, then dlsym; a weak
+    /// undefined symbol is 0.
+    mutating func resolveExternals(_ found: [Int32: (address: UInt, fromModule: Bool)], object: String) throws(LoaderError) {
+        for g in undefinedGlobals {
+            let name = names.names[Int(g)]
+            if let f = found[g] { external[Int(g)] = f.address; fromModule[Int(g)] = f.fromModule; continue }
+            if name == "__tls_get_addr" { external[Int(g)] = TLSArena.getAddr; continue }
+            if let p = cem_dlsym(name) { external[Int(g)] = UInt(bitPattern: p); continue }
+            // Weak when every reference is weak.
+            let strongUse = objects.firstIndex { o in o.globalID.indices.contains { o.globalID[$0] == g && o.elf.symbols[$0].isUndefined && !o.elf.symbols[$0].isWeak } }
+            guard let o = strongUse else { external[Int(g)] = 0; continue }
+            throw .undefinedSymbol(name: name, object: objects[o].name)
         }
     }
 
@@ -175,13 +200,13 @@ struct Link {
                     case Relocation.TLSGD: slot(.tlsgd(id), count: 2)
                     case Relocation.TLSLD: slot(.tlsld, count: 2)
                     case Relocation.PLT32, Relocation.PC32:
-                        if case let .global(name) = id, globals[name] == nil, let a = external[name], a != 0 {
+                        if case let .global(g) = id, globals[Int(g)].object < 0, let a = external[Int(g)], a != 0 {
                             if r.type == Relocation.PC32 && !isExecutable(a) {
                                 // Data reached with rel32: no veneer can help. Another module's is in
                                 // reach when the modules share a range (else the relocation overflows).
-                                if !moduleExports.contains(name) { hostData.append((name, a)) }
-                            } else if veneers[name] == nil {
-                                veneers[name] = veneers.count
+                                if !fromModule[Int(g)] { hostData.append((name(g), a)) }
+                            } else if veneers[g] == nil {
+                                veneers[g] = veneers.count
                                 slot(.address(id))
                             }
                         }
@@ -200,7 +225,8 @@ struct Link {
         return (needsLow, hostData)
     }
 
-    func uses(_ name: String) -> Bool { objects.contains { $0.elf.symbols.contains { $0.isUndefined && $0.name == name } } }
+    /// Whether some object references `name` undefined.
+    func uses(_ name: String) -> Bool { names.lookup(name).map { referenced[Int($0)] } ?? false }
 
     func placed(_ o: Int, _ s: Int) -> Bool {
         layout.place[Layout.SectionKey(object: o, section: s)] != nil || layout.tls[Layout.SectionKey(object: o, section: s)] != nil

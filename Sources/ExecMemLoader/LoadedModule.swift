@@ -121,7 +121,9 @@ public final class LoadedModule: @unchecked Sendable {
         callsThroughVeneers = throughVeneers
         // Exports: every global definition.
         var exported: [String: UInt] = [:]
-        for (n, d) in link.globals where !link.isTLS(d.object, d.symbol) {
+        exported.reserveCapacity(link.globals.count)
+        for (g, d) in link.globals.enumerated() where d.object >= 0 && !link.isTLS(d.object, d.symbol) {
+            let n = link.names.names[g]
             // Not what lives in init memory: it is freed once init has run.
             let section = Int(link.objects[d.object].elf.symbols[d.symbol].sectionIndex)
             if link.layout.place[Layout.SectionKey(object: d.object, section: section)]?.0.isInit == true { continue }

@@ -51,7 +51,7 @@ struct ModuleCode {
             if entry.core != nil || entry.initText != nil { objects.append(entry) }
         }
         if !link.veneers.isEmpty {
-            let symbols = link.veneers.map { CodeSymbol(name: "\($0.key)@plt", address: a.veneerAddress + UInt($0.value * Link.veneerSize), size: Link.veneerSize) }
+            let symbols = link.veneers.map { CodeSymbol(name: "\(link.name($0.key))@plt", address: a.veneerAddress + UInt($0.value * Link.veneerSize), size: Link.veneerSize) }
             veneers = CodeRegistration(name: "\(module)@plt", kind: .moduleFunction, address: a.veneerAddress,
                                        size: link.veneers.count * Link.veneerSize, owner: module, symbols: symbols)
         }

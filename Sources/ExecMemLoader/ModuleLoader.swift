@@ -69,9 +69,7 @@ public final class ModuleLoader: @unchecked Sendable {
     /// Links, places, relocates and initializes a module.
     public func load(_ inputs: [LoaderInput], name: String) throws(LoaderError) -> LoadedModule {
         var link = try Link(inputs, maxModuleBytes: moduleLimit)
-        let (exports, fromModules) = state.withLock { s in (s.exports.mapValues(\.1).merging(s.provided) { module, _ in module }, Set(s.exports.keys)) }
-        link.moduleExports = fromModules
-        try link.resolveExternals(exports: exports, object: name)
+        try link.resolveExternals(lookUp(link.undefinedGlobals, link), object: name)
         let (needsLow, hostData) = try link.plan()
         let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)
         return try LoadedModule(link: link, name: name, loader: self, allocator: allocator)
@@ -85,13 +83,23 @@ public final class ModuleLoader: @unchecked Sendable {
     /// constructors, no destructors) and unloads at once: for fuzzing the loader with any bytes.
     @_spi(Fuzzing) public func linkWithoutRunning(_ inputs: [LoaderInput], name: String) throws(LoaderError) {
         var link = try Link(inputs, maxModuleBytes: moduleLimit)
-        let (exports, fromModules) = state.withLock { s in (s.exports.mapValues(\.1).merging(s.provided) { module, _ in module }, Set(s.exports.keys)) }
-        link.moduleExports = fromModules
-        try link.resolveExternals(exports: exports, object: name)
+        try link.resolveExternals(lookUp(link.undefinedGlobals, link), object: name)
         let (needsLow, hostData) = try link.plan()
         let allocator = try chooseAllocator(needsLow: needsLow, hostData: hostData)
         let module = try LoadedModule(link: link, name: name, loader: self, allocator: allocator, runsCode: false)
         module.unload()
+    }
+
+    /// Other modules' exports (first) and the host's provided symbols among `ids`, read under the lock.
+    private func lookUp(_ ids: [Int32], _ link: Link) -> [Int32: (address: UInt, fromModule: Bool)] {
+        state.withLock { s in
+            var found: [Int32: (address: UInt, fromModule: Bool)] = [:]
+            for g in ids {
+                let n = link.name(g)
+                if let e = s.exports[n] { found[g] = (e.1, true) } else if let p = s.provided[n] { found[g] = (p, false) }
+            }
+            return found
+        }
     }
 
     private func chooseAllocator(needsLow: String?, hostData: [(name: String, address: UInt)]) throws(LoaderError) -> ExecMemAllocator {

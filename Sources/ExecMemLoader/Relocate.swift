@@ -27,11 +27,9 @@ extension Link {
         let (d, ds): (Int, Int)
         if let def = definition(id), !objects[def.object].elf.symbols[def.symbol].isUndefined {
             (d, ds) = def
-        } else if case let .global(name) = id {
-            if name == "_GLOBAL_OFFSET_TABLE_" { return a.gotAddress }
-            if name == "__dso_handle" { return a.dsoHandle }
-            guard let v = external[name] else { throw .undefinedSymbol(name: name, object: objects[o].name) }
-            return v
+        } else if case let .global(g) = id {
+            if let v = external[Int(g)] { return v }
+            return try special(g, a, object: objects[o].name)
         } else {
             throw .badInput(object: objects[o].name, reason: "local symbol \(s) is undefined")
         }
@@ -92,101 +90,133 @@ extension Link {
         return out
     }
 
+    /// The module's own `_GLOBAL_OFFSET_TABLE_` and `__dso_handle`.
+    func special(_ g: Int32, _ a: Addresses, object: String) throws(LoaderError) -> UInt {
+        switch name(g) {
+        case "_GLOBAL_OFFSET_TABLE_": return a.gotAddress
+        case "__dso_handle": return a.dsoHandle
+        default: throw .undefinedSymbol(name: name(g), object: object)
+        }
+    }
+
     func locate(_ id: Identity) throws(LoaderError) -> (Int, Int) {
         if let d = definition(id) { return d }
-        if case let .global(name) = id { throw .badInput(object: "module", reason: "thread-local symbol '\(name)' is not defined by the module") }
+        if case let .global(g) = id { throw .badInput(object: "module", reason: "thread-local symbol '\(name(g))' is not defined by the module") }
         throw .badInput(object: "module", reason: "bad symbol")
     }
 
     func value(of id: Identity, _ a: Addresses) throws(LoaderError) -> UInt {
         if let d = definition(id) { return try symbolValue(d.object, d.symbol, a) }
-        if case let .global(name) = id {
-            if name == "_GLOBAL_OFFSET_TABLE_" { return a.gotAddress }
-            if name == "__dso_handle" { return a.dsoHandle }
-            if let v = external[name] { return v }
-            throw .undefinedSymbol(name: name, object: "module")
+        if case let .global(g) = id {
+            if let v = external[Int(g)] { return v }
+            return try special(g, a, object: "module")
         }
         return 0
     }
 
     /// Applies every relocation of every loaded section to `images`; returns how many rel32 went
-    /// through a veneer because the target was out of reach.
+    /// through a veneer because the target was out of reach. Each symbol's value is computed once
+    /// per object (relocations name the same symbols again and again), and bytes are written in
+    /// place.
     func relocate(_ images: inout [[UInt8]], _ a: Addresses) throws(LoaderError) -> Int {
         var throughVeneers = 0
-        for (o, obj) in objects.enumerated() {
-            for section in obj.elf.sections {
-                guard let (bucket, sectionOffset) = layout.place[Layout.SectionKey(object: o, section: section.index)] else { continue }
-                let key = Layout.SectionKey(object: o, section: section.index)
-                for r in obj.relocations[section.index] ?? [] where !isInDiscardedFDE(key, r.offset) {
-                    guard try apply(r, o, section, bucket, sectionOffset, &images, a) else { continue }
-                    throughVeneers += 1
+        for o in objects.indices {
+            let symbols = objects[o].elf.symbols, sections = objects[o].elf.sections
+            var values = [UInt](repeating: 0, count: symbols.count)
+            var known = [Bool](repeating: false, count: symbols.count)
+            for index in objects[o].relocations.keys.sorted() {
+                let relocations = objects[o].relocations[index]!, section = sections[index]
+                let key = Layout.SectionKey(object: o, section: index)
+                guard let (bucket, sectionOffset) = layout.place[key] else { continue }
+                let discarded = discardedFDEs[key] != nil
+                var failure: LoaderError? = nil
+                images[bucket.rawValue].withUnsafeMutableBytes { image in
+                    do throws(LoaderError) {
+                        for r in relocations where r.type != 0 && !(discarded && isInDiscardedFDE(key, r.offset)) {
+                            let s = r.symbolIndex
+                            if !known[s], needsValue(r.type) {
+                                values[s] = try symbolValue(o, s, a)
+                                known[s] = true
+                            }
+                            guard try apply(r, values[s], o, section, bucket, sectionOffset, image, a) else { continue }
+                            throughVeneers += 1
+                        }
+                    } catch {
+                        failure = error
+                    }
                 }
+                if let failure { throw failure }
             }
         }
         return throughVeneers
     }
 
-    private func apply(_ r: ELFRelocation, _ o: Int, _ section: ELFSection, _ bucket: Bucket, _ sectionOffset: Int,
-                       _ images: inout [[UInt8]], _ a: Addresses) throws(LoaderError) -> Bool {
-        let obj = objects[o]
-        let sym = obj.elf.symbols[r.symbolIndex]
-        let name = sym.name.isEmpty ? (Int(sym.sectionIndex) < obj.elf.sections.count ? obj.elf.sections[Int(sym.sectionIndex)].name : "?") : sym.name
+    /// Whether a relocation type uses S, the symbol's value (the GOT-relative ones use its slot).
+    private func needsValue(_ type: UInt32) -> Bool {
+        switch type {
+        case Relocation.GOTPCREL, Relocation.GOTPCRELX, Relocation.REX_GOTPCRELX, Relocation.GOTPC32, Relocation.GOTPC64,
+             Relocation.GOTTPOFF, Relocation.TLSGD, Relocation.TLSLD: false
+        default: true
+        }
+    }
+
+    private func apply(_ r: ELFRelocation, _ S: UInt, _ o: Int, _ section: ELFSection, _ bucket: Bucket, _ sectionOffset: Int,
+                       _ image: UnsafeMutableRawBufferPointer, _ a: Addresses) throws(LoaderError) -> Bool {
         let at = sectionOffset + Int(r.offset)
         let P = a.base[bucket.rawValue] + UInt(at)
+        func symbolName() -> String {
+            let obj = objects[o], sym = obj.elf.symbols[r.symbolIndex]
+            return sym.name.isEmpty ? (Int(sym.sectionIndex) < obj.elf.sections.count ? obj.elf.sections[Int(sym.sectionIndex)].name : "?") : sym.name
+        }
         func overflow(_ v: Int64) -> LoaderError {
-            .relocationOverflow(object: obj.name, section: section.name, offset: r.offset, type: r.type, symbol: name, value: v)
+            .relocationOverflow(object: objects[o].name, section: section.name, offset: r.offset, type: r.type, symbol: symbolName(), value: v)
         }
         func width(_ n: Int) throws(LoaderError) {
             guard Int(r.offset) + n <= section.size else {
-                throw .badInput(object: obj.name, reason: "\(Relocation.name(r.type)) at \(section.name)+0x\(String(r.offset, radix: 16)) runs past the section")
+                throw .badInput(object: objects[o].name, reason: "\(Relocation.name(r.type)) at \(section.name)+0x\(String(r.offset, radix: 16)) runs past the section")
             }
         }
         func addend(_ n: Int) throws(LoaderError) -> Int64 {
             if let e = r.addend { return e }
             try width(n)  // REL: the addend is in place, and must lie in the section
-            var v: Int64 = 0
-            for i in 0..<n { v |= Int64(images[bucket.rawValue][at + i]) << (8 * i) }
-            return n == 4 ? Int64(Int32(truncatingIfNeeded: v)) : v
+            return n == 4 ? Int64(Int32(littleEndian: image.loadUnaligned(fromByteOffset: at, as: Int32.self)))
+                          : Int64(littleEndian: image.loadUnaligned(fromByteOffset: at, as: Int64.self))
         }
         func put32(_ v: Int64, signed: Bool = true) throws(LoaderError) {
             try width(4)
             if signed { guard Int32(exactly: v) != nil else { throw overflow(v) } } else { guard UInt32(exactly: v) != nil else { throw overflow(v) } }
-            let u = UInt32(truncatingIfNeeded: v)
-            for i in 0..<4 { images[bucket.rawValue][at + i] = UInt8(truncatingIfNeeded: u >> (8 * i)) }
+            image.storeBytes(of: UInt32(truncatingIfNeeded: v).littleEndian, toByteOffset: at, as: UInt32.self)
         }
         func put64(_ v: Int64) throws(LoaderError) {
             try width(8)
-            let u = UInt64(bitPattern: v)
-            for i in 0..<8 { images[bucket.rawValue][at + i] = UInt8(truncatingIfNeeded: u >> (8 * i)) }
+            image.storeBytes(of: UInt64(bitPattern: v).littleEndian, toByteOffset: at, as: UInt64.self)
         }
         func i64(_ u: UInt) -> Int64 { Int64(bitPattern: UInt64(u)) }
         func slot(_ k: GotKey) -> UInt { a.gotAddress + UInt(got[k]! * 8) }
-        let id = identity(o, r.symbolIndex)
         switch r.type {
         case 0:
             return false
         case Relocation.R_64:
-            try put64(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(8))
+            try put64(i64(S) &+ addend(8))
         case Relocation.PC32, Relocation.PLT32:
             let A = try addend(4)
-            let S = try symbolValue(o, r.symbolIndex, a)
             let direct = i64(S) &+ A &- i64(P)
-            if Int32(exactly: direct) == nil, case let .global(n) = id, let v = veneers[n] {
+            if Int32(exactly: direct) == nil, case let .global(g) = identity(o, r.symbolIndex), let v = veneers[g] {
                 try put32(i64(a.veneerAddress + UInt(v * Link.veneerSize)) &+ A &- i64(P))  // through the veneer
                 return true
             } else {
                 try put32(direct)
             }
         case Relocation.GOTPCREL, Relocation.GOTPCRELX, Relocation.REX_GOTPCRELX:
-            try put32(i64(slot(.address(id))) &+ addend(4) &- i64(P))
+            try put32(i64(slot(.address(identity(o, r.symbolIndex)))) &+ addend(4) &- i64(P))
         case Relocation.R_32:
-            try put32(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(4), signed: false)
+            try put32(i64(S) &+ addend(4), signed: false)
         case Relocation.R_32S:
-            try put32(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(4))
+            try put32(i64(S) &+ addend(4))
         case Relocation.PC64:
-            try put64(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(8) &- i64(P))
+            try put64(i64(S) &+ addend(8) &- i64(P))
         case Relocation.GOTOFF64:
-            try put64(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(8) &- i64(a.gotAddress))
+            try put64(i64(S) &+ addend(8) &- i64(a.gotAddress))
         case Relocation.GOTPC32:
             try put32(i64(a.gotAddress) &+ addend(4) &- i64(P))
         case Relocation.GOTPC64:
@@ -196,19 +226,19 @@ extension Link {
         case Relocation.TPOFF64:
             try put64(try tpoff(o, r.symbolIndex, a) &+ addend(8))
         case Relocation.GOTTPOFF:
-            try put32(i64(slot(.tpoff(id))) &+ addend(4) &- i64(P))
+            try put32(i64(slot(.tpoff(identity(o, r.symbolIndex)))) &+ addend(4) &- i64(P))
         case Relocation.TLSGD:
-            try put32(i64(slot(.tlsgd(id))) &+ addend(4) &- i64(P))
+            try put32(i64(slot(.tlsgd(identity(o, r.symbolIndex)))) &+ addend(4) &- i64(P))
         case Relocation.TLSLD:
             try put32(i64(slot(.tlsld)) &+ addend(4) &- i64(P))
         case Relocation.DTPOFF32:
             _ = try tpoff(o, r.symbolIndex, a)
-            try put32(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(4))
+            try put32(i64(S) &+ addend(4))
         case Relocation.DTPOFF64:
             _ = try tpoff(o, r.symbolIndex, a)
-            try put64(i64(try symbolValue(o, r.symbolIndex, a)) &+ addend(8))
+            try put64(i64(S) &+ addend(8))
         default:
-            throw .unsupportedRelocation(object: obj.name, section: section.name, offset: r.offset, type: r.type)
+            throw .unsupportedRelocation(object: objects[o].name, section: section.name, offset: r.offset, type: r.type)
         }
         return false
     }
@@ -216,9 +246,9 @@ extension Link {
     /// Veneers: `jmp *slot(%rip)` per external function, padded with int3.
     func veneerCode(_ a: Addresses) -> [UInt8] {
         var out = [UInt8](repeating: 0xCC, count: veneers.count * Link.veneerSize)
-        for (name, v) in veneers {
+        for (g, v) in veneers {
             let at = v * Link.veneerSize
-            let slotAddress = a.gotAddress + UInt(got[.address(.global(name))]! * 8)
+            let slotAddress = a.gotAddress + UInt(got[.address(.global(g))]! * 8)
             let d = Int32(truncatingIfNeeded: Int64(bitPattern: UInt64(slotAddress)) - Int64(bitPattern: UInt64(a.veneerAddress + UInt(at + 6))))
             out[at] = 0xFF
             out[at + 1] = 0x25
