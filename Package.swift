@@ -44,7 +44,7 @@ let package = Package(
         // What the module loader needs from C: a static TLS arena, dladdr, dlsym.
         .target(name: "CExecMemLoaderRuntime"),
         // Relocatable objects and archives laid out by type, linked, run.
-        .target(name: "ExecMemLoader", dependencies: ["ExecMem", "ExecMemELF", "CExecMemLoaderRuntime"]),
+        .target(name: "ExecMemLoader", dependencies: ["ExecMem", "ExecMemSystem", "ExecMemELF", "CExecMemLoaderRuntime"]),
         // What probes need from C: the int3 handler of live patching, exit-hook shadow stacks.
         .target(name: "CExecMemProbeRuntime"),
         // Host functions with patchable entries, for tests, demo and benchmarks to hook.

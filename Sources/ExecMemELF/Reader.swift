@@ -92,6 +92,10 @@ public struct ELFNameBudget: Sendable {
 /// file's size.
 struct NameTable {
     private var names: [Int: String] = [:]
+    /// Per string table (by where it starts), where the names decoded in order end: a name starting
+    /// at or after it was not decoded before, so it needs no look-up (tables are read front to back;
+    /// only names reached out of order, shared tails or repeated offsets, go through `names`).
+    private var frontiers: [(table: Int, end: Int)] = []
     var budget: ELFNameBudget
 
     init(budget: ELFNameBudget) { self.budget = budget }
@@ -101,18 +105,31 @@ struct NameTable {
         guard offset >= 0, offset < table.count else {
             throw .malformed(file: r.file, what: "\(what()) name offset \(offset) is outside its string table (\(table.count) bytes)")
         }
-        return try intern(table.lowerBound + offset, file: r.file) { () throws(ELFError) in try r.cString(table.lowerBound + offset, limit: table.upperBound) }
+        let at = table.lowerBound + offset
+        var f = frontiers.firstIndex { $0.table == table.lowerBound } ?? -1
+        if f < 0 { f = frontiers.count; frontiers.append((table.lowerBound, table.lowerBound)) }
+        if at >= frontiers[f].end {
+            let s = try r.cString(at, limit: table.upperBound)
+            try charge(s, file: r.file)
+            frontiers[f].end = at + s.utf8.count + 1
+            return s
+        }
+        return try intern(at, file: r.file) { () throws(ELFError) in try r.cString(at, limit: table.upperBound) }
     }
 
     /// The name known by `key` (a file offset), made by `make` the first time only.
     mutating func intern(_ key: Int, file: String, _ make: () throws(ELFError) -> String) throws(ELFError) -> String {
         if let known = names[key] { return known }
         let s = try make()
+        try charge(s, file: file)
+        names[key] = s
+        return s
+    }
+
+    private mutating func charge(_ s: String, file: String) throws(ELFError) {
         budget.remaining -= s.utf8.count
         guard budget.remaining >= 0 else {
             throw .malformed(file: file, what: "names take more than \(budget.limit) bytes in all (ELFFile.nameBytesPerFileByte = \(ELFFile.nameBytesPerFileByte) per byte of input)")
         }
-        names[key] = s
-        return s
     }
 }

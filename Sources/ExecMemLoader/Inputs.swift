@@ -2,7 +2,7 @@
 // objects still need, pulled in as a linker does (repeatedly, until nothing more resolves).
 
 import ExecMemELF
-import Foundation
+import ExecMemSystem
 
 /// One relocatable object taking part in a load.
 struct InputObject {
@@ -21,10 +21,9 @@ public struct LoaderInput: Sendable {
     public let bytes: [UInt8]
     public init(name: String, bytes: [UInt8]) { self.name = name; self.bytes = bytes }
 
-    /// Reads a file.
+    /// Reads a file (straight into the input's bytes: one copy from the page cache).
     public static func file(_ path: String) throws(LoaderError) -> LoaderInput {
-        guard let d = FileManager.default.contents(atPath: path) else { throw .io(path: path, reason: "cannot read the file") }
-        return LoaderInput(name: path, bytes: Array(d))
+        do { return LoaderInput(name: path, bytes: try Sys.readFile(path)) } catch { throw .io(path: path, reason: "cannot read the file: \(error)") }
     }
 }
 

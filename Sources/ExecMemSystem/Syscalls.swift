@@ -118,11 +118,25 @@ public enum Sys {
 
     // MARK: - Files
 
-    /// Reads a whole file with open(2)/read(2), for `/proc` and `/sys` files whose size stat reports as 0.
+    /// Reads a whole file with open(2)/read(2): straight into an array of the size fstat(2) reports
+    /// (one copy, from the page cache), then on in chunks for files that report less (`/proc` and
+    /// `/sys` files say 0) or grew.
     public static func readFile(_ path: String) throws(SystemCallError) -> [UInt8] {
         let fd = try retryingEINTR("open", path) { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
         defer { Sys.close(fd: fd) }
-        var out: [UInt8] = []
+        var st = stat()
+        let size = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG ? Int(st.st_size) : 0
+        var failure: SystemCallError? = nil
+        var out = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            while count < size {
+                let n = Glibc.read(fd, buffer.baseAddress! + count, size - count)
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 { failure = SystemCallError(call: "read", errno: lastErrno(), detail: path); break }
+                if n == 0 { break }
+                count += n
+            }
+        }
+        if let failure { throw failure }
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
         defer { chunk.deallocate() }
         while true {
