@@ -157,13 +157,25 @@ extension Link {
                 let key = Layout.SectionKey(object: o, section: s.index)
                 guard let (bucket, offset) = layout.place[key], bucket == .rodata || bucket == .data else { continue }
                 let table = try EHFrame(Array(obj.elf.contents(s)), object: obj.name, section: s.name)
-                let relocations = obj.relocations[s.index] ?? []
-                var byOffset: [UInt64: ELFRelocation] = [:]
-                for r in relocations where r.type != 0 { byOffset[r.offset] = r }
+                let relocations = obj.relocations[s.index] ?? []  // in offset order (ELFFile.relocations)
+                // The last relocation of a type other than R_NONE at `offset`, found by binary search.
+                func relocation(at offset: UInt64) -> ELFRelocation? {
+                    var lo = 0, hi = relocations.count
+                    while lo < hi {
+                        let mid = (lo + hi) / 2
+                        if relocations[mid].offset <= offset { lo = mid + 1 } else { hi = mid }
+                    }
+                    var i = lo - 1
+                    while i >= 0 && relocations[i].offset == offset {
+                        if relocations[i].type != 0 { return relocations[i] }
+                        i -= 1
+                    }
+                    return nil
+                }
                 var frame = FrameTable(object: o, bucket: bucket, offset: offset, size: s.size, fdes: table.fdes)
                 var discarded: [EHFrame.FDE] = []
                 for f in table.fdes {
-                    guard let r = byOffset[UInt64(f.pcBegin)], r.symbolIndex < obj.elf.symbols.count else { continue }
+                    guard let r = relocation(at: UInt64(f.pcBegin)), r.symbolIndex < obj.elf.symbols.count else { continue }
                     let sym = obj.elf.symbols[r.symbolIndex]
                     guard sym.binding == ELF.STB_LOCAL, !sym.isUndefined, sym.sectionIndex < ELF.SHN_LORESERVE else { continue }
                     let target = Layout.SectionKey(object: o, section: Int(sym.sectionIndex))

@@ -40,6 +40,8 @@ public final class ModuleLoader: @unchecked Sendable {
     struct State {
         /// Exported symbols of loaded modules, by name: (module id, address).
         var exports: [String: (Int, UInt)] = [:]
+        /// The names each module id holds in `exports` (those it exported first).
+        var exportedBy: [Int: [String]] = [:]
         /// Symbols the host provides by hand (functions of an executable that exports nothing).
         var provided: [String: UInt] = [:]
         /// Allocators placed for particular needs ("low", or a library's path).
@@ -158,13 +160,21 @@ public final class ModuleLoader: @unchecked Sendable {
         state.withLock { s in
             let id = s.nextID
             s.nextID += 1
-            for (n, a) in exports where s.exports[n] == nil { s.exports[n] = (id, a) }
+            var held: [String] = []
+            held.reserveCapacity(exports.count)
+            for (n, a) in exports where s.exports[n] == nil {
+                s.exports[n] = (id, a)
+                held.append(n)
+            }
+            s.exportedBy[id] = held
             return id
         }
     }
 
     func unregister(_ id: Int) {
-        state.withLock { s in s.exports = s.exports.filter { $0.value.0 != id } }
+        state.withLock { s in
+            for n in s.exportedBy.removeValue(forKey: id) ?? [] where s.exports[n]?.0 == id { s.exports.removeValue(forKey: n) }
+        }
     }
 
     /// The allocators modules went to (the default one first), for statistics.
