@@ -36,7 +36,9 @@ public struct Archive: Sendable {
         var bsdSymbols: [(String, Int)] = [], bsdRepeated: [Int] = []
         var at = 8
         func field(_ from: Int, _ length: Int) -> String {
-            String(decoding: bytes[from..<(from + length)], as: UTF8.self).trimmingTrailingSpaces()
+            var end = from + length
+            while end > from && bytes[end - 1] == 0x20 { end -= 1 }
+            return String(decoding: bytes[from..<end], as: UTF8.self)
         }
         while at < bytes.count {
             if bytes[at] == 0x0A { at += 1; continue }  // padding to even offsets
@@ -144,12 +146,6 @@ public struct Archive: Sendable {
 }
 
 extension String {
-    func trimmingTrailingSpaces() -> String {
-        var s = Substring(self)
-        while s.last == " " { s.removeLast() }
-        return String(s)
-    }
-
     func trimmingTrailingNULs() -> String {
         var s = Substring(self)
         while s.last == "\0" { s.removeLast() }

@@ -38,10 +38,9 @@ public final class ModuleLoader: @unchecked Sendable {
     private let state = Mutex<State>(State())
 
     struct State {
-        /// Exported symbols of loaded modules, by name: (module id, address).
-        var exports: [String: (Int, UInt)] = [:]
-        /// The names each module id holds in `exports` (those it exported first).
-        var exportedBy: [Int: [String]] = [:]
+        /// Exported symbols of loaded modules, each module's own table (shared, not copied), in load
+        /// order: the first module that exports a name defines it for later loads.
+        var exports: [(id: Int, symbols: [String: UInt])] = []
         /// Symbols the host provides by hand (functions of an executable that exports nothing).
         var provided: [String: UInt] = [:]
         /// Allocators placed for particular needs ("low", or a library's path).
@@ -98,7 +97,7 @@ public final class ModuleLoader: @unchecked Sendable {
             var found: [Int32: (address: UInt, fromModule: Bool)] = [:]
             for g in ids {
                 let n = link.name(g)
-                if let e = s.exports[n] { found[g] = (e.1, true) } else if let p = s.provided[n] { found[g] = (p, false) }
+                if let e = s.exports.lazy.compactMap({ $0.symbols[n] }).first { found[g] = (e, true) } else if let p = s.provided[n] { found[g] = (p, false) }
             }
             return found
         }
@@ -160,20 +159,14 @@ public final class ModuleLoader: @unchecked Sendable {
         state.withLock { s in
             let id = s.nextID
             s.nextID += 1
-            var held: [String] = []
-            held.reserveCapacity(exports.count)
-            for (n, a) in exports where s.exports[n] == nil {
-                s.exports[n] = (id, a)
-                held.append(n)
-            }
-            s.exportedBy[id] = held
+            s.exports.append((id, exports))
             return id
         }
     }
 
     func unregister(_ id: Int) {
         state.withLock { s in
-            for n in s.exportedBy.removeValue(forKey: id) ?? [] where s.exports[n]?.0 == id { s.exports.removeValue(forKey: n) }
+            s.exports.removeAll { $0.id == id }
         }
     }
 
