@@ -175,7 +175,10 @@ struct Link {
                     case Relocation.TLSGD: slot(.tlsgd(id), count: 2)
                     case Relocation.TLSLD: slot(.tlsld, count: 2)
                     case Relocation.PLT32, Relocation.PC32:
-                        if case let .global(name) = id, globals[name] == nil, let a = external[name], a != 0 {
+                        // A call to an undefined weak function (0: `_ZTH` init functions of `extern
+                        // thread_local` variables, called only when not 0) cannot reach 0 with rel32
+                        // either: it goes through a veneer whose slot holds 0, as a PLT entry would.
+                        if case let .global(name) = id, globals[name] == nil, let a = external[name], a != 0 || r.type == Relocation.PLT32 {
                             if r.type == Relocation.PC32 && !isExecutable(a) {
                                 // Data reached with rel32: no veneer can help. Another module's is in
                                 // reach when the modules share a range (else the relocation overflows).
