@@ -152,12 +152,22 @@ public final class LoadedModule: @unchecked Sendable {
         }
         if !patchableEntries.isEmpty { allocator.makeVisible() }
         // Constructors: .preinit_array, then .init_array (by priority), as the dynamic linker does.
+        // .ctors and .dtors go where ld's script copies them: into .init_array and .fini_array, each
+        // section's entries reversed (they were run last first), `.ctors.N` at priority 65535 - N.
         var initFunctions: [UInt] = [], fini: [UInt] = []
-        let arrays = placements.filter { $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array") }
-        func priority(_ s: String) -> Int { Int(s.split(separator: ".").last ?? "") ?? 65536 }
+        let arrays = placements.filter {
+            $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array")
+                || Bucket.isLegacyArray($0.section, ".ctors") || Bucket.isLegacyArray($0.section, ".dtors")
+        }
+        func isLegacy(_ s: String) -> Bool { Bucket.isLegacyArray(s, ".ctors") || Bucket.isLegacyArray(s, ".dtors") }
+        func priority(_ s: String) -> Int {
+            guard let n = Int(s.split(separator: ".").last ?? "") else { return 65536 }
+            return isLegacy(s) ? 65535 - n : n
+        }
         for p in arrays.sorted(by: { ($0.section.hasPrefix(".preinit") ? 0 : 1, priority($0.section)) < ($1.section.hasPrefix(".preinit") ? 0 : 1, priority($1.section)) }) {
-            let entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
-            if p.section.hasPrefix(".fini_array") { fini += entries } else { initFunctions += entries }
+            var entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
+            if isLegacy(p.section) { entries.reverse() }
+            if p.section.hasPrefix(".fini_array") || Bucket.isLegacyArray(p.section, ".dtors") { fini += entries } else { initFunctions += entries }
         }
         // Constructors are addresses in the module's text, destructors in its core text (init text
         // is freed before they run), or the file is wrong.
