@@ -3,7 +3,9 @@
 #include "CExecMemLoaderRuntime.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 static __thread char arena[CEM_TLS_ARENA_SIZE] __attribute__((tls_model("initial-exec"), aligned(64)));
 
@@ -22,6 +24,95 @@ void *cem_tls_get_addr(uint64_t *index) {
     static void *(*real)(uint64_t *);
     if (!real) real = (void *(*)(uint64_t *))dlsym(RTLD_DEFAULT, "__tls_get_addr");
     return real ? real(index) : 0;
+}
+
+// Thread-local destructors of modules: one list per thread, every thread's list reachable from the
+// registry (under the lock) so that an unload can drop another thread's entries for the module.
+struct tls_dtor { void (*func)(void *); void *obj; void *dso; struct tls_dtor *next; };
+struct thread_dtors { struct tls_dtor *list; struct thread_dtors *prev, *next; int linked; };
+static pthread_mutex_t dtor_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct thread_dtors *dtor_threads;
+static __thread struct thread_dtors thread_dtors;
+
+// Run by the C library's __call_tls_dtors at the thread's exit (exit() for the main thread).
+static void run_thread_dtors(void *arg) {
+    struct thread_dtors *t = arg;
+    pthread_mutex_lock(&dtor_lock);
+    while (t->list) {  // a destructor may register more: they run too
+        struct tls_dtor *e = t->list;
+        t->list = e->next;
+        pthread_mutex_unlock(&dtor_lock);
+        if (e->func) e->func(e->obj);
+        free(e);
+        pthread_mutex_lock(&dtor_lock);
+    }
+    if (t->prev) t->prev->next = t->next; else dtor_threads = t->next;
+    if (t->next) t->next->prev = t->prev;
+    t->prev = t->next = 0;
+    t->linked = 0;
+    pthread_mutex_unlock(&dtor_lock);
+}
+
+int cem_cxa_thread_atexit(void (*destructor)(void *), void *object, void *dso) {
+    static int (*impl)(void (*)(void *), void *, void *);
+    if (!impl) impl = (int (*)(void (*)(void *), void *, void *))dlsym(RTLD_DEFAULT, "__cxa_thread_atexit_impl");
+    struct tls_dtor *e = malloc(sizeof *e);
+    if (!e || !impl) { free(e); return -1; }
+    struct thread_dtors *t = &thread_dtors;
+    pthread_mutex_lock(&dtor_lock);
+    int first = !t->linked;
+    if (first) {
+        t->linked = 1;
+        t->prev = 0;
+        t->next = dtor_threads;
+        if (dtor_threads) dtor_threads->prev = t;
+        dtor_threads = t;
+    }
+    e->func = destructor;
+    e->obj = object;
+    e->dso = dso;
+    e->next = t->list;
+    t->list = e;
+    pthread_mutex_unlock(&dtor_lock);
+    // The host's own object as the DSO: the C library keeps it (never unloaded) for the list.
+    if (first && impl(run_thread_dtors, t, (void *)&cem_cxa_thread_atexit) != 0) {
+        // Nothing would run the list or unlink the thread (its storage goes at its exit): undo.
+        pthread_mutex_lock(&dtor_lock);
+        t->list = e->next;
+        if (t->prev) t->prev->next = t->next; else dtor_threads = t->next;
+        if (t->next) t->next->prev = t->prev;
+        t->prev = t->next = 0;
+        t->linked = 0;
+        pthread_mutex_unlock(&dtor_lock);
+        free(e);
+        return -1;
+    }
+    return 0;
+}
+
+void *cem_cxa_thread_atexit_address(void) { return (void *)&cem_cxa_thread_atexit; }
+
+int cem_thread_atexit_unload(void *dso) {
+    int dropped = 0;
+    pthread_mutex_lock(&dtor_lock);
+    for (struct thread_dtors *t = dtor_threads; t; t = t->next) {
+        if (t == &thread_dtors) continue;
+        for (struct tls_dtor *e = t->list; e; e = e->next)
+            if (e->dso == dso && e->func) { e->func = 0; dropped++; }
+    }
+    struct tls_dtor **p = &thread_dtors.list;
+    while (*p) {
+        struct tls_dtor *e = *p;
+        if (e->dso != dso) { p = &e->next; continue; }
+        *p = e->next;
+        pthread_mutex_unlock(&dtor_lock);
+        if (e->func) e->func(e->obj);
+        free(e);
+        pthread_mutex_lock(&dtor_lock);
+        p = &thread_dtors.list;  // the destructor may have changed the list: from the top again
+    }
+    pthread_mutex_unlock(&dtor_lock);
+    return dropped;
 }
 
 int cem_dladdr(const void *address, const char **path, void **base) {

@@ -132,6 +132,7 @@ struct Link {
             for s in obj.elf.symbols where s.isUndefined && !s.name.isEmpty && globals[s.name] == nil && external[s.name] == nil {
                 if let a = exports[s.name] { external[s.name] = a; continue }
                 if s.name == "__tls_get_addr" { external[s.name] = TLSArena.getAddr; continue }
+                if s.name == "__cxa_thread_atexit" || s.name == "__cxa_thread_atexit_impl" { external[s.name] = TLSArena.threadAtexit; continue }
                 if s.name == "_GLOBAL_OFFSET_TABLE_" || s.name == "__dso_handle" { continue }  // the module's own
                 if let p = cem_dlsym(s.name) { external[s.name] = UInt(bitPattern: p); continue }
                 if s.isWeak { external[s.name] = 0; continue }

@@ -229,9 +229,11 @@ public final class LoadedModule: @unchecked Sendable {
     public func unload() {
         guard !unloaded else { return }
         unloaded = true
-        // Exit handlers registered on the module's __dso_handle first (C++ globals' destructors),
-        // as the dynamic linker's __cxa_finalize(dso) does, then .fini_array: after the memory is
-        // freed, glibc would run them from exit() on int3.
+        // The unloading thread's thread_local destructors first, as exit() runs them before exit
+        // handlers (other threads' are dropped); then exit handlers registered on the module's
+        // __dso_handle (C++ globals' destructors), as the dynamic linker's __cxa_finalize(dso)
+        // does, then .fini_array: after the memory is freed, glibc would run them from exit() on int3.
+        if dsoHandle != 0 { _ = cem_thread_atexit_unload(UnsafeMutableRawPointer(bitPattern: dsoHandle)) }
         if dsoHandle != 0, let finalize = cem_dlsym("__cxa_finalize") {
             unsafeBitCast(finalize, to: (@convention(c) (UnsafeMutableRawPointer?) -> Void).self)(UnsafeMutableRawPointer(bitPattern: dsoHandle))
         }

@@ -34,6 +34,11 @@ enum TLSArena {
     /// The calling thread's copy of the arena.
     static var base: UnsafeMutableRawPointer { cem_tls_arena() }
 
+    /// The address of `__cxa_thread_atexit` (and `__cxa_thread_atexit_impl`) for modules: the
+    /// runtime keeps their thread-local destructors, so that unloading a module runs the unloading
+    /// thread's (the C library would run them at exit, on freed memory).
+    static var threadAtexit: UInt { UInt(bitPattern: cem_cxa_thread_atexit_address()) }
+
     /// The address of `__tls_get_addr` for modules.
     static var getAddr: UInt { UInt(bitPattern: unsafeBitCast(cem_tls_get_addr as @convention(c) (UnsafeMutablePointer<UInt64>?) -> UnsafeMutableRawPointer?, to: UnsafeRawPointer.self)) }
 }

@@ -26,6 +26,19 @@ void *cem_tls_arena(void);
 /// __tls_get_addr for modules: `index` points at {module, offset}.
 void *cem_tls_get_addr(uint64_t *index);
 
+/// __cxa_thread_atexit for modules (what C++ registers a thread_local object's destructor with):
+/// the runtime keeps each thread's list, run at the thread's exit (through the C library's
+/// __cxa_thread_atexit_impl, once per thread) or, for the thread that unloads a module, at unload.
+int cem_cxa_thread_atexit(void (*destructor)(void *), void *object, void *dso);
+
+/// The address of cem_cxa_thread_atexit.
+void *cem_cxa_thread_atexit_address(void);
+
+/// At a module's unload: runs the calling thread's thread-local destructors registered on `dso`,
+/// last registered first; other threads' are dropped (their code is going away; glibc's dlclose
+/// would keep the object until those threads exit). Returns how many were dropped.
+int cem_thread_atexit_unload(void *dso);
+
 /// dladdr(3): the shared object containing `address`; returns its base and path, or 0.
 int cem_dladdr(const void *address, const char **path, void **base);
 
