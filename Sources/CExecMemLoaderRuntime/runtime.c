@@ -3,11 +3,18 @@
 #include "CExecMemLoaderRuntime.h"
 
 #include <dlfcn.h>
+#include <link.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-static __thread char arena[CEM_TLS_ARENA_SIZE] __attribute__((tls_model("initial-exec"), aligned(64)));
+// In .tdata, not .tbss: its bytes are then part of the host's TLS initialization image, which the C
+// library copies into every new thread's static TLS block; cem_tls_arena_set_image writes modules'
+// initial values there.
+static __thread char arena[CEM_TLS_ARENA_SIZE] __attribute__((tls_model("initial-exec"), aligned(64), section(".tdata")));
 
 static inline char *thread_pointer(void) {
     char *tp;
@@ -18,6 +25,62 @@ static inline char *thread_pointer(void) {
 int64_t cem_tls_arena_offset(void) { return (int64_t)(arena - thread_pointer()); }
 
 void *cem_tls_arena(void) { return arena; }
+
+// The arena's bytes in its object's TLS initialization image (PT_TLS p_vaddr: what new threads copy),
+// and the read-only (RELRO) pages around them.
+struct arena_image { char *image; uintptr_t relro_start, relro_end; int found; };
+
+static int find_arena_image(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    struct arena_image *r = data;
+    const ElfW(Phdr) *tls = 0, *relro = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        if (info->dlpi_phdr[i].p_type == PT_TLS) tls = &info->dlpi_phdr[i];
+        if (info->dlpi_phdr[i].p_type == PT_GNU_RELRO) relro = &info->dlpi_phdr[i];
+    }
+    char *block = info->dlpi_tls_data;  // the calling thread's copy of this object's TLS block
+    if (!tls || !block || arena < block || arena >= block + tls->p_memsz) return 0;
+    size_t offset = (size_t)(arena - block);
+    if (offset + CEM_TLS_ARENA_SIZE > tls->p_filesz) return 1;  // not in the image: not found
+    r->image = (char *)(info->dlpi_addr + tls->p_vaddr + offset);
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), at = info->dlpi_addr + tls->p_vaddr + offset;
+    if (relro) {
+        // What the dynamic linker made read-only: whole pages from the segment's start.
+        r->relro_start = (info->dlpi_addr + relro->p_vaddr) & ~(page - 1);
+        r->relro_end = (info->dlpi_addr + relro->p_vaddr + relro->p_memsz) & ~(page - 1);
+    }
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *p = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + p->p_vaddr;
+        // A linker that put the image in a segment without PF_W: all of it is read-only.
+        if (p->p_type == PT_LOAD && !(p->p_flags & PF_W) && lo <= at && at < lo + p->p_memsz) {
+            r->relro_start = lo & ~(page - 1);
+            r->relro_end = (lo + p->p_memsz + page - 1) & ~(page - 1);
+        }
+    }
+    r->found = 1;
+    return 1;
+}
+
+int cem_tls_arena_set_image(size_t offset, const void *bytes, size_t count) {
+    static struct arena_image where;
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    if (offset > CEM_TLS_ARENA_SIZE || count > CEM_TLS_ARENA_SIZE - offset) return -1;
+    pthread_mutex_lock(&lock);
+    if (!where.found) dl_iterate_phdr(find_arena_image, &where);
+    if (!where.found) { pthread_mutex_unlock(&lock); return -1; }
+    char *dst = where.image + offset;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)dst & ~(page - 1), hi = ((uintptr_t)dst + count + page - 1) & ~(page - 1);
+    // Pages of the image inside RELRO are read-only: writable while written, read-only again after.
+    uintptr_t rlo = lo > where.relro_start ? lo : where.relro_start, rhi = hi < where.relro_end ? hi : where.relro_end;
+    int sealed = rlo < rhi;
+    if (sealed && mprotect((void *)rlo, rhi - rlo, PROT_READ | PROT_WRITE) != 0) { pthread_mutex_unlock(&lock); return -1; }
+    if (bytes) memcpy(dst, bytes, count); else memset(dst, 0, count);
+    if (sealed) mprotect((void *)rlo, rhi - rlo, PROT_READ);
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
 
 void *cem_tls_get_addr(uint64_t *index) {
     if (index[0] == CEM_TLS_ARENA_MODULE) return arena + index[1];

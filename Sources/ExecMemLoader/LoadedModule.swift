@@ -81,6 +81,8 @@ public final class LoadedModule: @unchecked Sendable {
                 if let t = link.layout.tls[Layout.SectionKey(object: o, section: s.index)] {
                     let dst = TLSArena.base + link.tlsBase + t
                     if s.hasFileBytes { obj.elf.contents(s).withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } } else { dst.initializeMemory(as: UInt8.self, repeating: 0, count: s.size) }
+                    // And into the image threads created from now on start from.
+                    if s.hasFileBytes { obj.elf.contents(s).withUnsafeBytes { TLSArena.setImage(at: link.tlsBase + t, $0) } } else { TLSArena.setImage(at: link.tlsBase + t, zeros: s.size) }
                     placements.append(SectionPlacement(object: obj.name, section: s.name, type: "tls", address: UInt(bitPattern: dst), size: s.size))
                     continue
                 }

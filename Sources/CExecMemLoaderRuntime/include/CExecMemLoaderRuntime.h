@@ -23,6 +23,10 @@ int64_t cem_tls_arena_offset(void);
 /// The calling thread's copy of the arena.
 void *cem_tls_arena(void);
 
+/// Writes `count` bytes (zeros when `bytes` is NULL) at `offset` of the arena's initial image: what
+/// threads created from now on start with. Returns 0, or -1 when the image cannot be found or written.
+int cem_tls_arena_set_image(size_t offset, const void *bytes, size_t count);
+
 /// __tls_get_addr for modules: `index` points at {module, offset}.
 void *cem_tls_get_addr(uint64_t *index);
 
