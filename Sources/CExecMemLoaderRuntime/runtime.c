@@ -178,6 +178,54 @@ int cem_thread_atexit_unload(void *dso) {
     return dropped;
 }
 
+// Modules' text and __dso_handle, for atexit: which module a handler belongs to.
+struct module_text { uintptr_t start, end; void *dso; };
+static pthread_mutex_t text_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct module_text *texts;
+static size_t text_count, text_capacity;
+
+int cem_module_text_add(uintptr_t start, uintptr_t end, void *dso) {
+    pthread_mutex_lock(&text_lock);
+    if (text_count == text_capacity) {
+        size_t n = text_capacity ? text_capacity * 2 : 16;
+        struct module_text *t = realloc(texts, n * sizeof *t);
+        if (!t) { pthread_mutex_unlock(&text_lock); return -1; }
+        texts = t;
+        text_capacity = n;
+    }
+    texts[text_count++] = (struct module_text){start, end, dso};
+    pthread_mutex_unlock(&text_lock);
+    return 0;
+}
+
+void cem_module_text_remove(void *dso) {
+    pthread_mutex_lock(&text_lock);
+    size_t k = 0;
+    for (size_t i = 0; i < text_count; i++) if (texts[i].dso != dso) texts[k++] = texts[i];
+    text_count = k;
+    pthread_mutex_unlock(&text_lock);
+}
+
+extern int __cxa_atexit(void (*)(void *), void *, void *);
+extern int __cxa_at_quick_exit(void (*)(void), void *);
+
+static void *dso_of(void (*handler)(void)) {
+    void *dso = 0;  // a host function: the process's, run at exit
+    pthread_mutex_lock(&text_lock);
+    for (size_t i = 0; i < text_count; i++)
+        if (texts[i].start <= (uintptr_t)handler && (uintptr_t)handler < texts[i].end) { dso = texts[i].dso; break; }
+    pthread_mutex_unlock(&text_lock);
+    return dso;
+}
+
+int cem_atexit(void (*handler)(void)) { return __cxa_atexit((void (*)(void *))handler, 0, dso_of(handler)); }
+
+int cem_at_quick_exit(void (*handler)(void)) { return __cxa_at_quick_exit(handler, dso_of(handler)); }
+
+void *cem_atexit_address(void) { return (void *)&cem_atexit; }
+
+void *cem_at_quick_exit_address(void) { return (void *)&cem_at_quick_exit; }
+
 int cem_dladdr(const void *address, const char **path, void **base) {
     Dl_info info;
     if (!dladdr(address, &info)) return 0;

@@ -133,6 +133,9 @@ struct Link {
                 if let a = exports[s.name] { external[s.name] = a; continue }
                 if s.name == "__tls_get_addr" { external[s.name] = TLSArena.getAddr; continue }
                 if s.name == "__cxa_thread_atexit" || s.name == "__cxa_thread_atexit_impl" { external[s.name] = TLSArena.threadAtexit; continue }
+                // In libc_nonshared.a, not exported: registered on the module's __dso_handle.
+                if s.name == "atexit" { external[s.name] = UInt(bitPattern: cem_atexit_address()); continue }
+                if s.name == "at_quick_exit" { external[s.name] = UInt(bitPattern: cem_at_quick_exit_address()); continue }
                 if s.name == "_GLOBAL_OFFSET_TABLE_" || s.name == "__dso_handle" { continue }  // the module's own
                 if let p = cem_dlsym(s.name) { external[s.name] = UInt(bitPattern: p); continue }
                 if s.isWeak { external[s.name] = 0; continue }

@@ -44,8 +44,8 @@ public final class LoadedModule: @unchecked Sendable {
         self.loader = loader
         self.allocator = allocator
         var link = link
-        // __dso_handle, when the module uses it, is a word of its data.
-        let dso = link.uses("__dso_handle") ? link.layout.append(.data, bytes: 8, alignment: 8) : -1
+        // __dso_handle, when the module uses it (or calls atexit, which registers on it), is a word of its data.
+        let dso = link.uses("__dso_handle") || link.uses("atexit") || link.uses("at_quick_exit") ? link.layout.append(.data, bytes: 8, alignment: 8) : -1
         try link.layout.placeZeroFill()
         // Memory per type.
         var allocated: [Bucket: Allocation] = [:]
@@ -187,6 +187,10 @@ public final class LoadedModule: @unchecked Sendable {
         // Named and unwindable before any of its code runs (nothing fails from here on).
         let registrations = runsCode ? ModuleCode(link, module: name, addresses, debugObjects: CodeRegistry.shared.sinks.contains(.gdb)) : nil
         var handles = registrations.map { ModuleCodeHandles($0) } ?? ModuleCodeHandles(empty: ())
+        // atexit registers a handler on the __dso_handle of the module whose text holds it.
+        if dsoHandle != 0 {
+            for b in [Bucket.text, .initText] { if let a = allocated[b] { _ = cem_module_text_add(a.address, a.address + UInt(a.size), UnsafeMutableRawPointer(bitPattern: dsoHandle)) } }
+        }
         for f in initFunctions where runsCode && f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
         }
@@ -242,6 +246,7 @@ public final class LoadedModule: @unchecked Sendable {
         for f in finiFunctions.reversed() where f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: FiniFunction.self)()
         }
+        if dsoHandle != 0 { cem_module_text_remove(UnsafeMutableRawPointer(bitPattern: dsoHandle)) }
         loader.unregister(exportID)
         code.removeAll()
         for a in allocations.values { try? allocator.free(a) }
