@@ -2,15 +2,15 @@
 // `execmem load` as objects and as a main object with an archive of the rest, give the exit status,
 // standard output and standard error of the same objects linked natively (g++, GNU ld): global
 // constructors and destructors in order across objects (.init_array/.fini_array with priorities,
-// init_priority, inline variables, template static members, function-local statics, and .ctors and
-// .dtors), virtual calls, RTTI, dynamic_cast, COMDAT templates and inline functions (one copy),
-// thread-safe statics, thread_local objects in main and a std::thread, exceptions across objects,
-// and the host's libstdc++ (iostream, string, map, vector, thread, mutex). In process: two modules'
-// exit handlers (__cxa_atexit on each module's own __dso_handle) run at their own unload, once; the
-// thread_local destructors of the unloading thread run at unload, a std::thread's at its exit, and
-// those of a thread that outlives the module are dropped rather than run on freed code.
-// Exceptions in process (within an object, across objects and modules, into the host) are
-// UnwindTests'.
+// init_priority, inline variables, template static members, function-local statics, std::atexit,
+// and .ctors and .dtors), virtual calls, RTTI, dynamic_cast, COMDAT templates and inline functions
+// (one copy), thread-safe statics, thread_local objects in main and a std::thread, exceptions
+// across objects, and the host's libstdc++ (iostream, string, map, vector, thread, mutex).
+// In process: two modules' exit handlers (__cxa_atexit and atexit, on each module's own
+// __dso_handle) run at their own unload, once; the thread_local destructors of the unloading thread
+// run at unload, a std::thread's at its exit, and those of a thread that outlives the module are
+// dropped rather than run on freed code. Exceptions in process (within an object, across objects
+// and modules, into the host) are UnwindTests'.
 
 import ExecMemLoader
 import ExecMemTestSupport
@@ -117,9 +117,10 @@ private func uniqueTag(_ v: CxxVariant, _ name: String) -> String {
     // MARK: - In process
 
     /// The module of `exitHandlersRunAtTheirModulesUnloadOnly`: two globals with destructors, a
-    /// function-local static with one, a .fini_array entry, and its __dso_handle.
+    /// function-local static with one, a std::atexit handler, a .fini_array entry, and its __dso_handle.
     private func exitHandlerModule(_ tag: String) -> String {
         """
+        #include <cstdlib>
         extern "C" void cem_record(const char *);
         extern "C" void *__dso_handle;
         namespace {
@@ -127,9 +128,10 @@ private func uniqueTag(_ v: CxxVariant, _ name: String) -> String {
         Rec first("\(tag) global 1"), second("\(tag) global 2");
         Rec &local() { static Rec r("\(tag) local static"); return r; }
         __attribute__((destructor)) void fini() { cem_record("\(tag) fini_array"); }
+        void bye() { cem_record("\(tag) atexit"); }
         }
         extern "C" const void *\(tag)_dso() { return &__dso_handle; }
-        extern "C" int \(tag)_use() { return local().name[0] + first.name[0] + second.name[0]; }
+        extern "C" int \(tag)_use() { int r = local().name[0] + first.name[0] + second.name[0]; std::atexit(bye); return r; }
         """
     }
 
@@ -155,7 +157,7 @@ private func uniqueTag(_ v: CxxVariant, _ name: String) -> String {
         }
         #expect(handles[0] != handles[1])
         #expect(recorded(tags[0]).isEmpty && recorded(tags[1]).isEmpty, "nothing ran before unload")
-        let expected = { (t: String) in ["\(t) local static", "\(t) global 2", "\(t) global 1", "\(t) fini_array"] }
+        let expected = { (t: String) in ["\(t) atexit", "\(t) local static", "\(t) global 2", "\(t) global 1", "\(t) fini_array"] }
         modules[0].unload()
         #expect(recorded(tags[0]) == expected(tags[0]), "the first module's handlers, last registered first, then .fini_array")
         #expect(recorded(tags[1]).isEmpty, "the second module's wait for its own unload")

@@ -1,4 +1,5 @@
-// Global constructors and destructors across objects: each prints what it constructs and destroys.
+// Global constructors and destructors across objects: each prints what it constructs and destroys;
+// std::atexit handlers (from a constructor and from main) run among the destructors, as registered.
 #include <cstdio>
 
 struct Trace {
