@@ -4,11 +4,11 @@
 // freed once initialization has run. Each section keeps its alignment within its type.
 //
 //   text        .text*  (and at the end, veneers: `jmp *slot(%rip)` for targets out of rel32 reach)
-//   rodata      .rodata*, .data.rel.ro*, .eh_frame (each + a zero word), .fini_array  (and at the end, the GOT)
+//   rodata      .rodata*, .data.rel.ro*, .eh_frame (each + a zero word), .fini_array, .dtors  (and at the end, the GOT)
 //   roAfterInit .data..ro_after_init, .data.ro_after_init
 //   data        .data*, .bss*, COMMON symbols
 //   initText    .init.text*            initRodata  .init.rodata*
-//   initData    .init.data*, .init_array, .preinit_array (read during init, freed after it)
+//   initData    .init.data*, .init_array, .preinit_array, .ctors (read during init, freed after it)
 //   tls         .tdata, .tbss  (in the static TLS arena, not in module memory)
 
 import ExecMem
@@ -32,12 +32,17 @@ enum Bucket: Int, CaseIterable, CustomStringConvertible {
         ["text", "rodata", "roAfterInit", "data", "initText", "initRodata", "initData"][rawValue]
     }
 
+    /// Whether `name` is `.ctors`/`.dtors` (`prefix`) or one with a priority (`.ctors.65335`): the
+    /// arrays older compilers emit (clang -fno-use-init-array), which ld copies into .init_array and
+    /// .fini_array.
+    static func isLegacyArray(_ name: String, _ prefix: String) -> Bool { name == prefix || name.hasPrefix(prefix + ".") }
+
     /// Where a section goes; nil for sections that are not loaded.
     static func of(_ s: ELFSection) -> Bucket? {
         guard s.isAllocated, s.type != ELF.SHT_GROUP, s.flags & ELF.SHF_TLS == 0 else { return nil }
         let n = s.name
-        if n.hasPrefix(".init_array") || n.hasPrefix(".preinit_array") { return .initData }
-        if n.hasPrefix(".fini_array") { return .rodata }
+        if n.hasPrefix(".init_array") || n.hasPrefix(".preinit_array") || isLegacyArray(n, ".ctors") { return .initData }
+        if n.hasPrefix(".fini_array") || isLegacyArray(n, ".dtors") { return .rodata }
         if s.isExecutable { return n.hasPrefix(".init.") || n == ".init" ? .initText : .text }
         if n.hasPrefix(".data..ro_after_init") || n.hasPrefix(".data.ro_after_init") { return .roAfterInit }
         if n.hasPrefix(".data.rel.ro") { return .rodata }
@@ -116,7 +121,8 @@ struct Layout {
                 guard let b = Bucket.of(s) else { continue }
                 // Arrays of addresses read back after relocation: NOBITS ones would be all zeros,
                 // and reading a gigabyte of zeros as entries costs gigabytes.
-                if !s.hasFileBytes, [".init_array", ".fini_array", ".preinit_array", "__patchable_function_entries"].contains(where: { s.name.hasPrefix($0) }) {
+                if !s.hasFileBytes, [".init_array", ".fini_array", ".preinit_array", "__patchable_function_entries"].contains(where: { s.name.hasPrefix($0) })
+                    || Bucket.isLegacyArray(s.name, ".ctors") || Bucket.isLegacyArray(s.name, ".dtors") {
                     throw .badInput(object: obj.name, reason: "\(s.name) is NOBITS: an array of addresses needs its bytes in the file")
                 }
                 if !s.hasFileBytes {

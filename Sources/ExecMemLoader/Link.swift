@@ -150,13 +150,20 @@ struct Link {
     }
 
     /// Resolves every undefined global: `found` answers for other modules' exports and the host's
-    /// provided symbols (with whether it is a module's), then `__tls_get_addr`, then dlsym; a weak
-    /// undefined symbol is 0.
+    /// provided symbols (with whether it is a module's), then the loader's runtime, then dlsym; a
+    /// weak undefined symbol is 0.
     mutating func resolveExternals(_ found: [Int32: (address: UInt, fromModule: Bool)], object: String) throws(LoaderError) {
         for g in undefinedGlobals {
             let name = names.names[Int(g)]
             if let f = found[g] { external[Int(g)] = f.address; fromModule[Int(g)] = f.fromModule; continue }
-            if name == "__tls_get_addr" { external[Int(g)] = TLSArena.getAddr; continue }
+            switch name {
+            case "__tls_get_addr": external[Int(g)] = TLSArena.getAddr; continue
+            case "__cxa_thread_atexit", "__cxa_thread_atexit_impl": external[Int(g)] = TLSArena.threadAtexit; continue
+            // In libc_nonshared.a, not exported: registered on the module's __dso_handle.
+            case "atexit": external[Int(g)] = UInt(bitPattern: cem_atexit_address()); continue
+            case "at_quick_exit": external[Int(g)] = UInt(bitPattern: cem_at_quick_exit_address()); continue
+            default: break
+            }
             if let p = cem_dlsym(name) { external[Int(g)] = UInt(bitPattern: p); continue }
             // Weak when every reference is weak.
             let strongUse = objects.firstIndex { o in o.globalID.indices.contains { o.globalID[$0] == g && o.elf.symbols[$0].isUndefined && !o.elf.symbols[$0].isWeak } }
@@ -200,7 +207,10 @@ struct Link {
                     case Relocation.TLSGD: slot(.tlsgd(id), count: 2)
                     case Relocation.TLSLD: slot(.tlsld, count: 2)
                     case Relocation.PLT32, Relocation.PC32:
-                        if case let .global(g) = id, globals[Int(g)].object < 0, let a = external[Int(g)], a != 0 {
+                        // A call to an undefined weak function (0: `_ZTH` init functions of `extern
+                        // thread_local` variables, called only when not 0) cannot reach 0 with rel32
+                        // either: it goes through a veneer whose slot holds 0, as a PLT entry would.
+                        if case let .global(g) = id, globals[Int(g)].object < 0, let a = external[Int(g)], a != 0 || r.type == Relocation.PLT32 {
                             if r.type == Relocation.PC32 && !isExecutable(a) {
                                 // Data reached with rel32: no veneer can help. Another module's is in
                                 // reach when the modules share a range (else the relocation overflows).

@@ -44,8 +44,8 @@ public final class LoadedModule: @unchecked Sendable {
         self.loader = loader
         self.allocator = allocator
         var link = link
-        // __dso_handle, when the module uses it, is a word of its data.
-        let dso = link.uses("__dso_handle") ? link.layout.append(.data, bytes: 8, alignment: 8) : -1
+        // __dso_handle, when the module uses it (or calls atexit, which registers on it), is a word of its data.
+        let dso = link.uses("__dso_handle") || link.uses("atexit") || link.uses("at_quick_exit") ? link.layout.append(.data, bytes: 8, alignment: 8) : -1
         try link.layout.placeZeroFill()
         // Memory per type.
         var allocated: [Bucket: Allocation] = [:]
@@ -81,6 +81,8 @@ public final class LoadedModule: @unchecked Sendable {
                 if let t = link.layout.tls[Layout.SectionKey(object: o, section: s.index)] {
                     let dst = TLSArena.base + link.tlsBase + t
                     if s.hasFileBytes { obj.elf.contents(s).withUnsafeBytes { dst.copyMemory(from: $0.baseAddress!, byteCount: $0.count) } } else { dst.initializeMemory(as: UInt8.self, repeating: 0, count: s.size) }
+                    // And into the image threads created from now on start from.
+                    if s.hasFileBytes { obj.elf.contents(s).withUnsafeBytes { TLSArena.setImage(at: link.tlsBase + t, $0) } } else { TLSArena.setImage(at: link.tlsBase + t, zeros: s.size) }
                     placements.append(SectionPlacement(object: obj.name, section: s.name, type: "tls", address: UInt(bitPattern: dst), size: s.size))
                     continue
                 }
@@ -154,12 +156,22 @@ public final class LoadedModule: @unchecked Sendable {
         }
         if !patchableEntries.isEmpty { allocator.makeVisible() }
         // Constructors: .preinit_array, then .init_array (by priority), as the dynamic linker does.
+        // .ctors and .dtors go where ld's script copies them: into .init_array and .fini_array, each
+        // section's entries reversed (they were run last first), `.ctors.N` at priority 65535 - N.
         var initFunctions: [UInt] = [], fini: [UInt] = []
-        let arrays = placements.filter { $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array") }
-        func priority(_ s: String) -> Int { Int(s.split(separator: ".").last ?? "") ?? 65536 }
+        let arrays = placements.filter {
+            $0.section.hasPrefix(".preinit_array") || $0.section.hasPrefix(".init_array") || $0.section.hasPrefix(".fini_array")
+                || Bucket.isLegacyArray($0.section, ".ctors") || Bucket.isLegacyArray($0.section, ".dtors")
+        }
+        func isLegacy(_ s: String) -> Bool { Bucket.isLegacyArray(s, ".ctors") || Bucket.isLegacyArray(s, ".dtors") }
+        func priority(_ s: String) -> Int {
+            guard let n = Int(s.split(separator: ".").last ?? "") else { return 65536 }
+            return isLegacy(s) ? 65535 - n : n
+        }
         for p in arrays.sorted(by: { ($0.section.hasPrefix(".preinit") ? 0 : 1, priority($0.section)) < ($1.section.hasPrefix(".preinit") ? 0 : 1, priority($1.section)) }) {
-            let entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
-            if p.section.hasPrefix(".fini_array") { fini += entries } else { initFunctions += entries }
+            var entries = (0..<(p.size / 8)).map { UnsafeRawPointer(bitPattern: p.address)!.load(fromByteOffset: $0 * 8, as: UInt.self) }
+            if isLegacy(p.section) { entries.reverse() }
+            if p.section.hasPrefix(".fini_array") || Bucket.isLegacyArray(p.section, ".dtors") { fini += entries } else { initFunctions += entries }
         }
         // Constructors are addresses in the module's text, destructors in its core text (init text
         // is freed before they run), or the file is wrong.
@@ -177,6 +189,10 @@ public final class LoadedModule: @unchecked Sendable {
         // Named and unwindable before any of its code runs (nothing fails from here on).
         let registrations = runsCode ? ModuleCode(link, module: name, addresses, debugObjects: CodeRegistry.shared.sinks.contains(.gdb)) : nil
         var handles = registrations.map { ModuleCodeHandles($0) } ?? ModuleCodeHandles(empty: ())
+        // atexit registers a handler on the __dso_handle of the module whose text holds it.
+        if dsoHandle != 0 {
+            for b in [Bucket.text, .initText] { if let a = allocated[b] { _ = cem_module_text_add(a.address, a.address + UInt(a.size), UnsafeMutableRawPointer(bitPattern: dsoHandle)) } }
+        }
         for f in initFunctions where runsCode && f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: InitFunction.self)(0, nil, environ)
         }
@@ -221,15 +237,18 @@ public final class LoadedModule: @unchecked Sendable {
     public func unload() {
         guard !unloaded else { return }
         unloaded = true
-        // Exit handlers registered on the module's __dso_handle first (C++ globals' destructors),
-        // as the dynamic linker's __cxa_finalize(dso) does, then .fini_array: after the memory is
-        // freed, glibc would run them from exit() on int3.
+        // The unloading thread's thread_local destructors first, as exit() runs them before exit
+        // handlers (other threads' are dropped); then exit handlers registered on the module's
+        // __dso_handle (C++ globals' destructors), as the dynamic linker's __cxa_finalize(dso)
+        // does, then .fini_array: after the memory is freed, glibc would run them from exit() on int3.
+        if dsoHandle != 0 { _ = cem_thread_atexit_unload(UnsafeMutableRawPointer(bitPattern: dsoHandle)) }
         if dsoHandle != 0, let finalize = cem_dlsym("__cxa_finalize") {
             unsafeBitCast(finalize, to: (@convention(c) (UnsafeMutableRawPointer?) -> Void).self)(UnsafeMutableRawPointer(bitPattern: dsoHandle))
         }
         for f in finiFunctions.reversed() where f != 0 && f != UInt.max {
             unsafeBitCast(UnsafeRawPointer(bitPattern: f)!, to: FiniFunction.self)()
         }
+        if dsoHandle != 0 { cem_module_text_remove(UnsafeMutableRawPointer(bitPattern: dsoHandle)) }
         loader.unregister(exportID)
         code.removeAll()
         for a in allocations.values { try? allocator.free(a) }

@@ -31,8 +31,22 @@ enum TLSArena {
         used.withLock { u in if u == offset + bytes { u = offset } }
     }
 
+    /// Writes a module's initial TLS bytes into the arena's part of the host's TLS initialization
+    /// image, which the C library copies into each thread it creates (threads that exist already
+    /// keep what they have). Best effort: without the image, new threads start with zeros.
+    static func setImage(at offset: Int, _ bytes: UnsafeRawBufferPointer) {
+        _ = cem_tls_arena_set_image(offset, bytes.baseAddress, bytes.count)
+    }
+
+    static func setImage(at offset: Int, zeros count: Int) { _ = cem_tls_arena_set_image(offset, nil, count) }
+
     /// The calling thread's copy of the arena.
     static var base: UnsafeMutableRawPointer { cem_tls_arena() }
+
+    /// The address of `__cxa_thread_atexit` (and `__cxa_thread_atexit_impl`) for modules: the
+    /// runtime keeps their thread-local destructors, so that unloading a module runs the unloading
+    /// thread's (the C library would run them at exit, on freed memory).
+    static var threadAtexit: UInt { UInt(bitPattern: cem_cxa_thread_atexit_address()) }
 
     /// The address of `__tls_get_addr` for modules.
     static var getAddr: UInt { UInt(bitPattern: unsafeBitCast(cem_tls_get_addr as @convention(c) (UnsafeMutablePointer<UInt64>?) -> UnsafeMutableRawPointer?, to: UnsafeRawPointer.self)) }

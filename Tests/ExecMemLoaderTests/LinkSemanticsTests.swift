@@ -8,7 +8,6 @@ import Foundation
 import Testing
 
 private let gcc = "/usr/bin/gcc", gas = "/usr/bin/as"
-private let ar = ["/usr/bin/ar", "/opt/swift/usr/bin/llvm-ar"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
 @Suite(.enabled(if: FileManager.default.isExecutableFile(atPath: gcc), "needs gcc")) struct LinkSemanticsTests {
     func object(_ name: String, _ source: String, in dir: String) throws -> String {
@@ -81,13 +80,11 @@ private let ar = ["/usr/bin/ar", "/opt/swift/usr/bin/llvm-ar"].first { FileManag
     /// exit status and output must agree.
     func expectLikeNative(_ source: String, cxx: Bool = false, flags: [String] = ["-O1"], sourceLocation: SourceLocation = #_sourceLocation) throws {
         let dir = try scratch()
-        let cc = cxx ? "/usr/bin/g++" : gcc
+        let cc = cxx ? gxx : gcc
         try #require(FileManager.default.isExecutableFile(atPath: cc), "needs \(cc)", sourceLocation: sourceLocation)
         try source.write(toFile: "\(dir)/p.\(cxx ? "cc" : "c")", atomically: true, encoding: .utf8)
         try run(cc, flags + ["-c", "\(dir)/p.\(cxx ? "cc" : "c")", "-o", "\(dir)/p.o"])
-        try run(cc, ["\(dir)/p.o", "-o", "\(dir)/native"])
-        let native = try run("\(dir)/native", [], check: false)
-        let loaded = try run(execmemBinary, ["load", "\(dir)/p.o"], check: false)
+        let (native, loaded) = try runNativeAndLoaded(["\(dir)/p.o"], in: dir, linker: cc)
         #expect(loaded.status == native.status && loaded.output == native.output, "\(loaded.output) \(loaded.errors)", sourceLocation: sourceLocation)
     }
 

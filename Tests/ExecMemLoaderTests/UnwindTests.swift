@@ -12,15 +12,6 @@ import ExecMemTestSupport
 import Foundation
 import Testing
 
-let gxx = "/usr/bin/g++"
-
-/// Compiles C++ `source` with g++ and `flags` into `dir`; returns the object's path.
-func compileCxx(_ name: String, _ source: String, in dir: String, flags: [String]) throws -> String {
-    try source.write(toFile: "\(dir)/\(name).cc", atomically: true, encoding: .utf8)
-    try run(gxx, flags + ["-c", "\(dir)/\(name).cc", "-o", "\(dir)/\(name).o"])
-    return "\(dir)/\(name).o"
-}
-
 /// The address of a C function (for `ModuleLoader.provide`).
 func address<F>(of function: F) -> UInt { UInt(bitPattern: unsafeBitCast(function, to: UnsafeRawPointer.self)) }
 
@@ -95,13 +86,14 @@ let exitSource = """
 
     // Not -fno-pic: `throw` takes typeid(int), libstdc++'s data, with an absolute 32-bit address
     // (ld would make a copy relocation), and no range in the low 2 GiB can reach the library.
-    @Test(arguments: [["-O0"], ["-O2"], ["-O2", "-fPIC"], ["-O2", "-ffunction-sections"]])
-    func exceptionsCrossModulesObjectsAndTheHost(flags: [String]) throws {
+    // With g++ and clang++ (those present: see cxxCompilers).
+    @Test(arguments: cxxCompilers, [["-O0"], ["-O1"], ["-O2"], ["-O2", "-fPIC"], ["-O2", "-ffunction-sections"]])
+    func exceptionsCrossModulesObjectsAndTheHost(compiler: String, flags: [String]) throws {
         let dir = try scratch()
         let loader = try loader()
-        let thrower = try loader.load(files: [try compileCxx("thrower", throwerSource, in: dir, flags: flags)], name: "thrower")
-        let catcher = try loader.load(files: [try compileCxx("catcher", catcherSource, in: dir, flags: flags),
-                                              try compileCxx("second", secondObjectSource, in: dir, flags: flags)], name: "catcher")
+        let thrower = try loader.load(files: [try compileCxx("thrower", throwerSource, in: dir, flags: flags, compiler: compiler)], name: "thrower")
+        let catcher = try loader.load(files: [try compileCxx("catcher", catcherSource, in: dir, flags: flags, compiler: compiler),
+                                              try compileCxx("second", secondObjectSource, in: dir, flags: flags, compiler: compiler)], name: "catcher")
         func destroyed() throws -> Int32 { try int32(thrower, "destroyed") }
 
         // Caught in another module: b_inner's and b_throw's locals unwound, then the catcher's returns.
