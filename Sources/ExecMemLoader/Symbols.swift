@@ -8,66 +8,80 @@ import ExecMemELF
 
 /// The global names of one load and their ids (0, 1, 2 ... in order of first mention), in an open
 /// addressing table hashed with FNV-1a over the names' UTF-8 bytes: a load looks up every global of
-/// every file, and this is cheaper than `Dictionary`'s seeded SipHash (a load's names come from
-/// its own files, which choose them, but a collision only costs probes: the table stays at most
-/// half full and equal hashes are compared by bytes).
+/// every file, and this is cheaper than `Dictionary`'s seeded SipHash. FNV-1a is not keyed, so a file
+/// can choose names that crowd one run of slots; a name that would need more than `maxProbes` probes
+/// goes to a seeded `Dictionary` instead, so every look-up costs at most `maxProbes` probes and one
+/// dictionary look-up, however the names were chosen.
 struct GlobalNames {
     /// Slot -> id + 1 (0: empty).
     private var slots = [Int32](repeating: 0, count: 1024)
     private var hashes: [UInt64] = []
+    /// Names that found no slot within `maxProbes`.
+    private var overflow: [String: Int32] = [:]
     /// The name of each id.
     private(set) var names: [String] = []
 
+    /// The most slots one look-up visits before the overflow dictionary answers.
+    static let maxProbes = 32
+
     var count: Int { names.count }
 
-    private static func hash(_ name: String) -> UInt64 {
+    /// How many names are in the overflow dictionary (for tests).
+    var overflowCount: Int { overflow.count }
+
+    static func hash(_ name: String) -> UInt64 {
         var name = name
         return name.withUTF8 { bytes in
             var h: UInt64 = 0xcbf2_9ce4_8422_2325
             for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            return h
+            return h ^ (h >> 29)
         }
     }
 
-    /// The slot holding `name`, or the empty slot where it would go.
-    private func find(_ name: String, _ h: UInt64) -> Int {
+    /// The slot holding `name`, else the empty slot where it would go, else nil (every slot of its
+    /// `maxProbes` was taken by other names).
+    private func find(_ name: String, _ h: UInt64) -> (slot: Int, found: Bool)? {
         let mask = slots.count - 1
-        var i = Int(truncatingIfNeeded: h ^ (h >> 29)) & mask
-        while slots[i] != 0 {
+        var i = Int(truncatingIfNeeded: h) & mask
+        for _ in 0..<Self.maxProbes {
+            if slots[i] == 0 { return (i, false) }
             let id = Int(slots[i] - 1)
-            if hashes[id] == h && names[id] == name { return i }
+            if hashes[id] == h && names[id] == name { return (i, true) }
             i = (i + 1) & mask
         }
-        return i
+        return nil
     }
 
     /// The id of `name`, made if new.
     mutating func id(_ name: String) -> Int32 {
         let h = Self.hash(name)
-        let i = find(name, h)
-        if slots[i] != 0 { return slots[i] - 1 }
+        let place = find(name, h)
+        if let place, place.found { return slots[place.slot] - 1 }
+        if !overflow.isEmpty, let known = overflow[name] { return known }
         let id = Int32(names.count)
         names.append(name)
         hashes.append(h)
-        slots[i] = id + 1
+        if let place { slots[place.slot] = id + 1 } else { overflow[name] = id }
         if names.count * 2 > slots.count { grow() }
         return id
     }
 
+    /// Twice the slots, every name placed again (those that find no slot within `maxProbes` go to
+    /// the overflow dictionary).
     private mutating func grow() {
         slots = [Int32](repeating: 0, count: slots.count * 2)
         let mask = slots.count - 1
-        for (id, h) in hashes.enumerated() {
-            var i = Int(truncatingIfNeeded: h ^ (h >> 29)) & mask
-            while slots[i] != 0 { i = (i + 1) & mask }
-            slots[i] = Int32(id) + 1
+        for (id, h) in hashes.enumerated() where overflow.isEmpty || overflow[names[id]] == nil {
+            var i = Int(truncatingIfNeeded: h) & mask, probes = 0
+            while slots[i] != 0 && probes < Self.maxProbes { i = (i + 1) & mask; probes += 1 }
+            if slots[i] == 0 { slots[i] = Int32(id) + 1 } else { overflow[names[id]] = Int32(id) }
         }
     }
 
     /// The id of `name`, if any object mentioned it.
     func lookup(_ name: String) -> Int32? {
-        let i = find(name, Self.hash(name))
-        return slots[i] != 0 ? slots[i] - 1 : nil
+        if let place = find(name, Self.hash(name)), place.found { return slots[place.slot] - 1 }
+        return overflow.isEmpty ? nil : overflow[name]
     }
 
     /// For each symbol of `elf`, the id of its name when it is a named global (defined or not),
