@@ -44,7 +44,7 @@ public final class ExecMemAllocator: Sendable {
                                            backend: self.backend, rng: &rng)
         primaryBase = placed.base
         primarySize = placed.size
-        hostImage = HostImage.current()
+        hostImage = placed.image ?? HostImage.current()
         pool = Mutex(Pool(ranges: [RangeState(index: 0, base: placed.base, size: placed.size, note: placed.note)]))
         arenas = ExecMemType.allCases.map { t in
             var s = ArenaState(type: t, slotsPerRange: max(configuration.rangeSize, configuration.fallbackSize) >> ExecMemGeometry.blockShift)
