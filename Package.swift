@@ -59,9 +59,19 @@ let package = Package(
             dependencies: ["ExecMem", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", "CExecMemProbeSamples", "CExecMemCrash"],
             resources: [.copy("Resources/bpf"), .copy("Resources/module")]
         ),
+        // Linked with the static Swift runtime and Foundation, so the dynamic loader binds four C
+        // libraries at start instead of twenty Swift ones as well. The modules are compiled against the
+        // shared Foundation, whose objects do not autolink the static Foundation's own parts: those are
+        // named here. lld packs the 80,000 relative relocations of the position-independent image
+        // (DT_RELR, glibc 2.36+), which gold cannot. Test targets only run the binary, so none links
+        // this target (they would inherit the flags, and a test bundle needs the shared runtime the
+        // test frameworks use).
         .executableTarget(
             name: "execmem",
-            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ExecMemTools", "ExecMemSystem", "ExecMemBPF", "ExecMemSim", "ExecMemLoader", "ExecMemProbes", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            linkerSettings: [.unsafeFlags(["-static-stdlib", "-lCoreFoundation", "-l_FoundationICU", "-l_FoundationCShims",
+                                           "-l_FoundationCollections", "-lswiftSynchronization",
+                                           "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])]
         ),
         // Helpers several test targets share (compilers, processes, scratch directories).
         .target(name: "ExecMemTestSupport", dependencies: ["ExecMem"], path: "Tests/ExecMemTestSupport"),
@@ -72,15 +82,15 @@ let package = Package(
         .testTarget(name: "ExecMemELFTests", dependencies: ["ExecMemELF"]),
         .testTarget(name: "ExecMemBPFTests", dependencies: ["ExecMemTestSupport", "ExecMemBPF", "ExecMem", "ExecMemSystem", "ExecMemTools"]),
         .testTarget(
-            name: "ExecMemLoaderTests", dependencies: ["ExecMemTestSupport", "ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "CExecMemCxxHost", "execmem"],
+            name: "ExecMemLoaderTests", dependencies: ["ExecMemTestSupport", "ExecMemLoader", "ExecMem", "ExecMemSystem", "ExecMemELF", "CExecMemCxxHost"],
             exclude: ["Fixtures"]
         ),
         .testTarget(
-            name: "ExecMemProbesTests", dependencies: ["ExecMemTestSupport", "ExecMemProbes", "ExecMemLoader", "ExecMem", "ExecMemSystem", "CExecMemProbeSamples", "execmem"],
+            name: "ExecMemProbesTests", dependencies: ["ExecMemTestSupport", "ExecMemProbes", "ExecMemLoader", "ExecMem", "ExecMemSystem", "CExecMemProbeSamples"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "ExecMemSimTests", dependencies: ["ExecMemSim", "ExecMem"]),
-        .testTarget(name: "ExecMemObservabilityTests", dependencies: ["ExecMemTestSupport", "ExecMemTools", "ExecMem", "ExecMemBPF", "CExecMemDebug", "execmem"]),
+        .testTarget(name: "ExecMemObservabilityTests", dependencies: ["ExecMemTestSupport", "ExecMemTools", "ExecMem", "ExecMemBPF", "CExecMemDebug"]),
         .testTarget(name: "ExecMemToolsTests", dependencies: ["ExecMemTools", "ExecMem", "ExecMemSystem"]),
     ],
     swiftLanguageModes: [.v6]

@@ -21,6 +21,8 @@
 //   - a packed block's set bits are exactly its records' chunks, and `usedChunks` counts them;
 //   - each maximal free run of a packed block is exactly one extent, found through `meta` at its start;
 //   - free chunks hold the type's fill byte (int3 for text, zero otherwise);
+//   - chunks at and past `readyChunks` (a fresh block's part still being prepared off the allocation
+//     path, see ExecMemAllocator+Finish.swift) are clear, in no extent, and `finishing` is set;
 //   - a sealed record's pages are r-- (ro-after-init only; its records are whole pages);
 //   - `openCount > 0` exactly when `openView` is set.
 
@@ -37,8 +39,14 @@ struct BlockState {
     let range: Int
     let slot: Int
     let serial: UInt64
-    let run: CommittedRun
+    /// As the backend committed it; replaced by the finished run once `finishing` is done.
+    var run: CommittedRun
     let chunkCount: Int
+    /// Chunks from the start that are prepared (hold the fill byte) and so may be handed out; the rest
+    /// joins the free space when the block's preparation finishes.
+    var readyChunks: Int
+    /// The rest of the block's preparation, while it is pending or finished but not yet adopted.
+    var finishing: PendingFinish?
     var bitmap: ChunkBitmap
     /// Per chunk of a packed block: `allocationTag | record slot`, `extentTag | bin | position`, or 0.
     var meta: [UInt32]
@@ -57,6 +65,7 @@ struct BlockState {
         self.serial = serial
         self.run = run
         chunkCount = run.length >> ExecMemGeometry.chunkShift
+        readyChunks = run.preparedLength >> ExecMemGeometry.chunkShift
         let packed = run.length == ExecMemGeometry.blockSize
         bitmap = ChunkBitmap(count: packed ? chunkCount : 0)
         meta = packed ? [UInt32](repeating: 0, count: chunkCount) : []
@@ -134,6 +143,8 @@ struct ArenaState {
     var binMasks: [UInt16] = []
     /// Packed blocks of each range in address order: the order allocation tries them.
     var packedOrder: [[Int]] = [[], []]
+    /// Blocks whose `finishing` is set, in commit order.
+    var unfinished: [Int] = []
     var kinds = [KindCounters](repeating: KindCounters(), count: ExecMemKind.allCases.count)
     var collapseFailures = 0
     /// Allocation ids are `counter << 2 | type`, unique across the allocator.
@@ -248,12 +259,25 @@ struct ArenaState {
         return nil
     }
 
-    /// Adds a committed packed block to the allocation order, with its whole extent.
+    /// Adds a committed packed block to the allocation order, with its prepared part as one extent.
     mutating func addPackedBlock(_ id: Int) {
         let r = blocks[id].range
         let i = packedOrder[r].firstIndex { $0 > id } ?? packedOrder[r].count
         packedOrder[r].insert(id, at: i)
-        insertExtent(id, start: 0, length: blocks[id].chunkCount)
+        insertExtent(id, start: 0, length: blocks[id].readyChunks)
+    }
+
+    /// Makes chunks up to `ready` of a packed block free, merged with the free run that ends where
+    /// the prepared part ended.
+    mutating func extendPrepared(_ id: Int, to ready: Int) {
+        let old = blocks[id].readyChunks
+        guard ready > old else { return }
+        blocks[id].readyChunks = ready
+        guard !blocks[id].isLarge else { return }
+        let bitmap = blocks[id].bitmap
+        let left = old > 0 && !bitmap[old - 1] ? (bitmap.lastSet(before: old).map { $0 + 1 } ?? 0) : old
+        if left < old { removeExtent(id, start: left) }
+        insertExtent(id, start: left, length: ready - left)
     }
 
     /// Takes an empty packed block out of the allocation order before it is released.
@@ -271,7 +295,7 @@ struct ArenaState {
     mutating func giveChunks(_ id: Int, start: Int, chunks: Int) {
         blocks[id].bitmap.assign(false, start: start, length: chunks)
         blocks[id].usedChunks -= chunks
-        let bitmap = blocks[id].bitmap, count = blocks[id].chunkCount
+        let bitmap = blocks[id].bitmap, count = blocks[id].readyChunks
         let end = start + chunks
         let left = start > 0 && !bitmap[start - 1] ? (bitmap.lastSet(before: start).map { $0 + 1 } ?? 0) : start
         let right = end < count && !bitmap[end] ? (bitmap.firstSet(from: end, limit: count) ?? count) : end

@@ -26,11 +26,26 @@ public struct CommittedRun: Sendable {
     public let hugeMapped: Bool
     /// Why it is not, when it is not (MADV_COLLAPSE refused, hugetlb pool empty, ...).
     public let note: String?
+    /// Bytes from the start of the run that hold the type's fill byte and may be handed out: `length`,
+    /// unless the backend left the fill of the rest to `finishCommit`.
+    public let preparedLength: Int
+    /// Whether `finishCommit` still has work to do on this run: the fill of `[preparedLength, length)`,
+    /// the collapse to 2 MiB pages, or both.
+    public let finishPending: Bool
 
+    /// A run as a backend describes it; `preparedLength` nil means the whole run.
     public init(address: UInt, length: Int, type: ExecMemType, fd: Int32 = -1, fileOffset: Int = 0,
-                writeView: UInt = 0, hugeMapped: Bool, note: String? = nil) {
+                writeView: UInt = 0, hugeMapped: Bool, note: String? = nil,
+                preparedLength: Int? = nil, finishPending: Bool = false) {
         self.address = address; self.length = length; self.type = type; self.fd = fd
         self.fileOffset = fileOffset; self.writeView = writeView; self.hugeMapped = hugeMapped; self.note = note
+        self.preparedLength = preparedLength ?? length; self.finishPending = finishPending
+    }
+
+    /// The same run, once `finishCommit` is done with it.
+    func finished(preparedLength: Int, hugeMapped: Bool, note: String?) -> CommittedRun {
+        CommittedRun(address: address, length: length, type: type, fd: fd, fileOffset: fileOffset, writeView: writeView,
+                     hugeMapped: hugeMapped, note: note, preparedLength: preparedLength, finishPending: false)
     }
 }
 
@@ -49,6 +64,16 @@ public protocol ExecMemBackend: AnyObject, Sendable {
     /// Commits `[rangeBase + offset, + length)` for `type`: maps it with the type's run protection,
     /// filled with the type's fill byte, collapsed to 2 MiB pages where possible.
     func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType) throws(ExecMemError) -> CommittedRun
+    /// Commits like `commit(rangeBase:rangeSize:offset:length:type:)`, but need only prepare the first
+    /// `prepare` bytes before it returns (`CommittedRun.preparedLength` says how many it did); the rest
+    /// of the fill and the collapse to 2 MiB pages are left to `finishCommit`, which the allocator runs
+    /// off the caller's path. Backends that always prepare everything keep the default, which does.
+    func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType, prepare: Int) throws(ExecMemError) -> CommittedRun
+    /// Does what `commit(..., prepare:)` left undone on `run`: fills `[preparedLength, length)` with the
+    /// type's fill byte and collapses the run (and its write view) to 2 MiB pages. Returns the run as it
+    /// now is, `finishPending` false. Called once per run, on any thread, while the allocator may write
+    /// into the prepared part and other threads run code in it; never concurrently with `decommit`.
+    func finishCommit(_ run: CommittedRun) -> CommittedRun
     /// Returns a run's memory and restores the reservation in its place.
     func decommit(_ run: CommittedRun)
     /// Sets the run-view protection of `[offset, offset + length)` of a run, whole pages (sealing and
@@ -65,6 +90,14 @@ public protocol ExecMemBackend: AnyObject, Sendable {
 }
 
 extension ExecMemBackend {
+    /// Prepares the whole run (backends without deferred work).
+    public func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType, prepare: Int) throws(ExecMemError) -> CommittedRun {
+        try commit(rangeBase: rangeBase, rangeSize: rangeSize, offset: offset, length: length, type: type)
+    }
+
+    /// Nothing is ever left to finish (backends without deferred work).
+    public func finishCommit(_ run: CommittedRun) -> CommittedRun { run }
+
     /// Reads `/proc/self/smaps` once and apportions each mapping's 2 MiB-mapped bytes to the runs it
     /// overlaps. A mapping that merged runs of one type (same memfd, consecutive offsets) is split
     /// exactly; a merged anonymous mapping of two types is split in proportion to the overlap.

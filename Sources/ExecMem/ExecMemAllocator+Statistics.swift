@@ -22,6 +22,10 @@ public struct TypeStatistics: Sendable, Codable, Equatable {
     public var requestedBytes = 0
     /// Free bytes in packed blocks.
     public var freeBytes = 0
+    /// Bytes of fresh packed blocks still being prepared (filled and collapsed) off the allocation
+    /// path: neither used nor free yet; they become free when the preparation is adopted
+    /// (`ExecMemAllocator.settle()` adopts all of it).
+    public var preparingBytes = 0
     /// The longest free stretch in any packed block, in bytes.
     public var largestFreeRun = 0
     /// 1 - largestFreeRun / freeBytes: 0 when the free space is one stretch.
@@ -69,7 +73,7 @@ public struct ExecMemStatistics: Sendable, Codable {
             t.blocks += s.blocks; t.packedBlocks += s.packedBlocks; t.largeRuns += s.largeRuns
             t.sealedAllocations += s.sealedAllocations; t.allocations += s.allocations
             t.reservedBytes += s.reservedBytes; t.usedBytes += s.usedBytes; t.requestedBytes += s.requestedBytes
-            t.freeBytes += s.freeBytes; t.largestFreeRun = max(t.largestFreeRun, s.largestFreeRun)
+            t.freeBytes += s.freeBytes; t.preparingBytes += s.preparingBytes; t.largestFreeRun = max(t.largestFreeRun, s.largestFreeRun)
             t.hugeMappedBytes += s.hugeMappedBytes; t.collapseFailures += s.collapseFailures
         }
         t.hugePageCoverage = t.reservedBytes == 0 ? 0 : Double(t.hugeMappedBytes) / Double(t.reservedBytes)
@@ -80,12 +84,16 @@ public struct ExecMemStatistics: Sendable, Codable {
 
 extension ExecMemAllocator {
     /// Current statistics. `readBack` reads 2 MiB mappings from the kernel (one pass over smaps).
+    /// Blocks whose background preparation is done are adopted first; those still pending show as
+    /// `preparingBytes`, and their pages as smaps shows them now (call `settle()` first to measure
+    /// what the allocator ends up with).
     public func statistics(readBack: Bool = true) -> ExecMemStatistics {
         var types: [TypeStatistics] = []
         var kinds: [KindStatistics] = []
         var runs: [[CommittedRun]] = []
         for arena in arenas {
             arena.withLock { s in
+                adoptFinished(&s)
                 var t = TypeStatistics(type: s.type)
                 for id in s.committed {
                     let block = s.blocks[id]
@@ -101,7 +109,8 @@ extension ExecMemAllocator {
                         t.largeRuns += 1
                     } else {
                         t.packedBlocks += 1
-                        t.freeBytes += block.freeChunks << ExecMemGeometry.chunkShift
+                        t.freeBytes += (block.readyChunks - block.usedChunks) << ExecMemGeometry.chunkShift
+                        t.preparingBytes += (block.chunkCount - block.readyChunks) << ExecMemGeometry.chunkShift
                     }
                 }
                 for r in 0..<2 {
@@ -214,10 +223,19 @@ extension ExecMemAllocator {
                 continue
             }
             if block.bitmap.population != block.usedChunks { problems.append("\(where_): bitmap has \(block.bitmap.population) chunks set, usedChunks \(block.usedChunks)") }
-            // Each maximal free run is one extent, found through `meta` at its start.
+            // Chunks still being prepared are in no extent and never handed out.
+            let ready = block.readyChunks
+            if ready < block.chunkCount {
+                if block.finishing == nil && !block.run.finishPending && block.run.preparedLength == block.run.length {
+                    problems.append("\(where_): \(block.chunkCount - ready) chunks unprepared with nothing to prepare them")
+                }
+                if block.bitmap.firstSet(from: ready, limit: block.chunkCount) != nil { problems.append("\(where_): a chunk past the prepared part is in use") }
+            }
+            if (block.finishing != nil) != s.unfinished.contains(id) { problems.append("\(where_): pending preparation not listed, or listed twice") }
+            // Each maximal free run of the prepared part is one extent, found through `meta` at its start.
             var i = block.bitmap.firstClear(from: 0)
-            while i < block.chunkCount {
-                let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
+            while i < ready {
+                let end = block.bitmap.firstSet(from: i, limit: ready) ?? ready
                 let m = block.meta[i]
                 let b = Int(m >> ArenaState.binShift & 0xF), p = Int(m & ArenaState.positionMask)
                 let list = s.bins[id * ArenaState.binCount + b]
@@ -237,6 +255,9 @@ extension ExecMemAllocator {
             extentCount = 0
             if deep && backend.hasMemory { problems += fillProblems(block, where_) }
         }
+        if s.unfinished.count != Set(s.unfinished).count || s.unfinished.contains(where: { !s.committed.contains($0) || s.blocks[$0].finishing == nil }) {
+            problems.append("\(s.type): the list of pending preparations is wrong")
+        }
         for r in 0..<2 {
             let order = s.packedOrder[r]
             if order != order.sorted() || order.contains(where: { !s.committed.contains($0) || s.blocks[$0].isLarge }) {
@@ -254,8 +275,8 @@ extension ExecMemAllocator {
         let bytes = UnsafeRawPointer(bitPattern: block.base)!.assumingMemoryBound(to: UInt8.self)
         let fill = block.type.fillByte
         var i = block.bitmap.firstClear(from: 0)
-        while i < block.chunkCount {
-            let end = block.bitmap.firstSet(from: i, limit: block.chunkCount) ?? block.chunkCount
+        while i < block.readyChunks {
+            let end = block.bitmap.firstSet(from: i, limit: block.readyChunks) ?? block.readyChunks
             for b in (i << ExecMemGeometry.chunkShift)..<(end << ExecMemGeometry.chunkShift) where bytes[b] != fill {
                 return ["\(where_): free byte at offset \(b) is \(hex(UInt(bytes[b]))), not \(hex(UInt(fill)))"]
             }

@@ -4,8 +4,11 @@
 //
 // Locking: one lock per type (an arena) covers its blocks, bitmaps and records; the hot path takes
 // it once and makes no system call while a block has room. The pool lock is taken, after an arena
-// lock, only to claim or return slots.
+// lock, only to claim or return slots. A fresh block's preparation beyond what its first allocation
+// needs runs on `finisher`, a serial background queue that takes no arena lock
+// (ExecMemAllocator+Finish.swift).
 
+import Dispatch
 import ExecMemSystem
 import Synchronization
 
@@ -20,6 +23,8 @@ public final class ExecMemAllocator: Sendable {
 
     let arenas: [Arena]
     let pool: Mutex<Pool>
+    /// Finishes fresh blocks (fill and collapse) off the allocation path, one at a time.
+    let finisher = DispatchQueue(label: "ExecMem.finish")
 
     /// One type's state behind its lock.
     final class Arena: Sendable {
@@ -37,6 +42,7 @@ public final class ExecMemAllocator: Sendable {
     /// - Parameter backend: overrides the backing the configuration names (the simulator's model).
     public init(_ configuration: ExecMemConfiguration = .init(), backend: (any ExecMemBackend)? = nil) throws(ExecMemError) {
         try configuration.validate()
+        Membarrier.registerEarly()
         self.configuration = configuration
         self.backend = backend ?? Self.makeBackend(configuration)
         var rng: any RandomNumberGenerator = configuration.randomSeed.map { SplitMix64(state: $0) } ?? SystemRandomNumberGenerator()
@@ -44,13 +50,12 @@ public final class ExecMemAllocator: Sendable {
                                            backend: self.backend, rng: &rng)
         primaryBase = placed.base
         primarySize = placed.size
-        hostImage = HostImage.current()
+        hostImage = placed.image ?? HostImage.current()
         pool = Mutex(Pool(ranges: [RangeState(index: 0, base: placed.base, size: placed.size, note: placed.note)]))
         arenas = ExecMemType.allCases.map { t in
             var s = ArenaState(type: t, slotsPerRange: max(configuration.rangeSize, configuration.fallbackSize) >> ExecMemGeometry.blockShift)
             return Arena(s)
         }
-        Membarrier.register()
         if !configuration.codeSinks.isEmpty { CodeRegistry.shared.enable(configuration.codeSinks) }
     }
 
@@ -58,6 +63,7 @@ public final class ExecMemAllocator: Sendable {
         for arena in arenas {
             arena.withLock { s in
                 for id in s.committed {
+                    s.blocks[id].finishing?.cancel()
                     let run = s.blocks[id].run
                     if s.type == .text { CodeRegistry.shared.unregister(overlapping: run.address, size: run.length) }
                     backend.decommit(run)
@@ -120,7 +126,10 @@ public final class ExecMemAllocator: Sendable {
             let alignChunks = align >> ExecMemGeometry.chunkShift
             for r in rangeOrder(k.ranges) {
                 var found = s.takeChunks(chunks, alignment: alignChunks, range: r)
-                if found == nil, try commitRun(&s, range: r, slots: 1) != nil {
+                if found == nil, !s.unfinished.isEmpty, finishPending(&s, range: r) {
+                    found = s.takeChunks(chunks, alignment: alignChunks, range: r)
+                }
+                if found == nil, try commitRun(&s, range: r, slots: 1, prepare: chunks << ExecMemGeometry.chunkShift) != nil {
                     found = s.takeChunks(chunks, alignment: alignChunks, range: r)
                 }
                 if let (id, start) = found {
@@ -134,7 +143,7 @@ public final class ExecMemAllocator: Sendable {
     private func allocateLarge(_ s: inout ArenaState, kind: ExecMemKind, size: Int, ranges: RangeChoice) throws(ExecMemError) -> Allocation {
         let slots = (size + ExecMemGeometry.blockSize - 1) >> ExecMemGeometry.blockShift
         for r in rangeOrder(ranges) {
-            if let id = try commitRun(&s, range: r, slots: slots) {
+            if let id = try commitRun(&s, range: r, slots: slots, prepare: slots << ExecMemGeometry.blockShift) {
                 s.blocks[id].usedChunks = s.blocks[id].chunkCount
                 return record(&s, id, start: 0, chunks: s.blocks[id].chunkCount, size: size, kind: kind)
             }
@@ -169,8 +178,9 @@ public final class ExecMemAllocator: Sendable {
         }.joined(separator: " and ")
     }
 
-    /// Claims slots and commits a run; returns its id, or nil when the range has no room.
-    private func commitRun(_ s: inout ArenaState, range r: Int, slots: Int) throws(ExecMemError) -> Int? {
+    /// Claims slots and commits a run, prepared at least `prepare` bytes from its start (the rest is
+    /// queued); returns its id, or nil when the range has no room.
+    private func commitRun(_ s: inout ArenaState, range r: Int, slots: Int, prepare: Int) throws(ExecMemError) -> Int? {
         let type = s.type
         let claim: (RangeState, Int)? = pool.withLock { p in
             if r == 1 && p.ranges.count == 1 {
@@ -195,15 +205,12 @@ public final class ExecMemAllocator: Sendable {
         do throws(ExecMemError) {
             run = try backend.commit(rangeBase: range.base, rangeSize: range.size,
                                      offset: slot << ExecMemGeometry.blockShift,
-                                     length: slots << ExecMemGeometry.blockShift, type: type)
+                                     length: slots << ExecMemGeometry.blockShift, type: type, prepare: prepare)
         } catch {
             pool.withLock { $0.unclaim(range: r, slot: slot, count: slots) }
             throw error
         }
-        if !run.hugeMapped && type.wantsHugePages, let note = run.note {
-            s.collapseFailures += 1
-            if s.collapseFailures == 1 { pool.withLock { $0.notes.append("\(type) at \(hex(run.address)): \(note)") } }
-        }
+        noteCollapse(&s, run)
         s.prepareTables()
         let id = s.id(range: r, slot: slot)
         s.rangeBase[r] = range.base
@@ -212,6 +219,7 @@ public final class ExecMemAllocator: Sendable {
         for k in id..<(id + slots) { s.owner[k] = Int32(id) }
         s.committed.insert(id)
         if slots == 1 { s.addPackedBlock(id) }
+        if run.finishPending { queueFinish(&s, id) }
         return id
     }
 
@@ -257,7 +265,8 @@ public final class ExecMemAllocator: Sendable {
         let chunkFree = arenas[type.rawValue].withLock { s -> Bool in
             guard let id = s.blockID(covering: address), !s.blocks[id].isLarge else { return false }
             let offset = Int(address - s.blocks[id].base)
-            return offset & (ExecMemGeometry.chunkSize - 1) == 0 && !s.blocks[id].bitmap[offset >> ExecMemGeometry.chunkShift]
+            let chunk = offset >> ExecMemGeometry.chunkShift
+            return offset & (ExecMemGeometry.chunkSize - 1) == 0 && chunk < s.blocks[id].readyChunks && !s.blocks[id].bitmap[chunk]
         }
         if chunkFree { throw .doubleFree(address: address, kind: .moduleText, id: 0) }
         throw .foreignPointer(address: address, reason: "not the start of a live \(type) allocation")
@@ -362,6 +371,7 @@ public final class ExecMemAllocator: Sendable {
 
     /// Decommits a run and returns its slots.
     func release(_ s: inout ArenaState, _ id: Int) {
+        cancelFinish(&s, id)
         let block = s.blocks[id]
         if block.openCount > 0 { backend.closeWriteView(block.run, view: block.openView) }
         if !block.isLarge { s.removePackedBlock(id) }

@@ -25,6 +25,9 @@ public enum ExecMemGeometry {
     public static let chunkSize = 1 << chunkShift
     public static let chunksPerBlock = blockSize >> chunkShift  // 32,768
     public static let blockMask = UInt(blockSize - 1)
+    /// 64 KiB: the granule in which a fresh text block is filled with int3 before the allocation that
+    /// committed it returns; the rest of the block is filled, and collapsed, off that path.
+    public static let preparedShift = 16
     /// A range is at most 2 GiB so that every displacement inside it fits a signed 32-bit field.
     public static let maxRangeSize = 1 << 31
     /// x86-64 `int3`: what unused and freed text holds, so stale code traps instead of running.

@@ -118,25 +118,45 @@ public final class MemfdBackend: ExecMemBackend {
     }
 
     public func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType) throws(ExecMemError) -> CommittedRun {
+        try commit(rangeBase: rangeBase, rangeSize: rangeSize, offset: offset, length: length, type: type, prepare: length)
+    }
+
+    /// Commits a run. When the run is collapsed to 2 MiB pages (a shmem object, collapse on) and the
+    /// caller needs less than all of it, only what it needs is prepared now (text: the first
+    /// `prepare` bytes rounded up to 64 KiB, faulted in and filled with int3; other types: one page,
+    /// as their fill is the zero a fresh page already holds) and the collapse and the rest of the fill
+    /// are left to `finishCommit`. Collapsing the rest later is also cheaper: MADV_COLLAPSE copies only
+    /// the pages present and takes the holes as zeros, so the int3 fill then goes straight into the
+    /// 2 MiB page instead of into 512 small ones that are copied.
+    public func commit(rangeBase: UInt, rangeSize: Int, offset: Int, length: Int, type: ExecMemType, prepare: Int) throws(ExecMemError) -> CommittedRun {
         let o = try object(rangeBase: rangeBase, rangeSize: rangeSize, type: type)
         let address = rangeBase + UInt(offset)
         let huge = type.wantsHugePages
+        let deferred = collapse && huge && o.fd < 0 && prepare < length
+        let granule = 1 << ExecMemGeometry.preparedShift
+        let prepared = deferred && type.fillByte != 0 ? min(length, (max(prepare, 1) + granule - 1) & ~(granule - 1)) : length
         // Allocate the pages now: a hugetlb pool that is too small fails here, not on a later fault,
-        // and MADV_COLLAPSE needs the pages present. 4 KiB types get their pages on first touch.
+        // and MADV_COLLAPSE needs pages present (all of them to collapse now; one at least later).
+        // 4 KiB types get their pages on first touch.
         if huge && o.fd >= 0 { try sys(try Sys.fallocate(fd: o.fd, mode: 0, offset: offset, length: length)) }
+        let populate = !huge || o.fd >= 0 ? 0 : !deferred ? length : type.fillByte != 0 ? prepared : ExecMemGeometry.pageSize
         var view: UInt = 0
         do throws(ExecMemError) {
             let needsView = type == .text || type == .rodata
             if needsView || type.fillByte != 0 {
                 view = try mapWriteView(o, offset: offset, length: length)
-                if huge && o.fd < 0 { try sys(try Sys.madvise(address: view, length: length, advice: SysConst.madvPopulateWrite, name: "MADV_POPULATE_WRITE")) }
+                if populate > 0 { try sys(try Sys.madvise(address: view, length: populate, advice: SysConst.madvPopulateWrite, name: "MADV_POPULATE_WRITE")) }
                 if type.fillByte != 0 {
-                    UnsafeMutableRawPointer(bitPattern: view)!.initializeMemory(as: UInt8.self, repeating: type.fillByte, count: length)
+                    UnsafeMutableRawPointer(bitPattern: view)!.initializeMemory(as: UInt8.self, repeating: type.fillByte, count: prepared)
                 }
             }
+            // The whole run view gets its protection now, once: changing it later, when the rest is
+            // filled, would make perf see the block mapped anew and drop the names and unwind tables
+            // jitdump gave code already in it. Until then the rest reads as zero; nothing is handed
+            // out there.
             _ = try sys(try self.view(o, offset: offset, length: length, at: address, type.runProtection.bits, call: "mmap(run view)"))
-            if huge && o.fd < 0 && view == 0 && type.runProtection == .readWrite {
-                try sys(try Sys.madvise(address: address, length: length, advice: SysConst.madvPopulateWrite, name: "MADV_POPULATE_WRITE"))
+            if populate > 0 && view == 0 && type.runProtection == .readWrite {
+                try sys(try Sys.madvise(address: address, length: populate, advice: SysConst.madvPopulateWrite, name: "MADV_POPULATE_WRITE"))
             }
             if view != 0 && (writeMode == .transient || !needsView) {
                 try? Sys.munmap(address: view, length: length)
@@ -150,21 +170,82 @@ public final class MemfdBackend: ExecMemBackend {
         }
         var hugeMapped = hugeTLB && huge
         var note: String? = huge ? nil : "\(type) stays on 4 KiB pages: it is sealed page by page"
-        if collapse && huge {
+        if collapse && huge && !deferred {
             do throws(SystemCallError) {
-                try Sys.madvise(address: address, length: length, advice: SysConst.madvCollapse, name: "MADV_COLLAPSE")
+                try Self.collapse(address, length)
                 hugeMapped = true
                 // The pages are one huge folio now: map the write view by 2 MiB entries as well.
                 if view != 0 { try? Sys.madvise(address: view, length: length, advice: SysConst.madvCollapse, name: "MADV_COLLAPSE") }
             } catch {
                 note = "\(error); this run stays on 4 KiB pages"
             }
-        } else if !hugeTLB && huge {
+        } else if !hugeTLB && huge && !collapse {
             note = "collapse disabled by configuration"
         }
         if type.runProtection == .readWrite { view = address }  // the run view is the write view
         return CommittedRun(address: address, length: length, type: type, fd: o.fd, fileOffset: offset,
-                            writeView: view, hugeMapped: hugeMapped, note: note)
+                            writeView: view, hugeMapped: hugeMapped, note: note, preparedLength: prepared, finishPending: deferred)
+    }
+
+    /// Collapses the block to one 2 MiB page through its write view (MADV_COLLAPSE copies the pages
+    /// present and takes the holes as zeros), fills what `commit` left unfilled through that view,
+    /// now mapped by one 2 MiB entry, and maps the run view by 2 MiB too. No mapping is made or
+    /// changed where code runs. With transient write views, an aligned one is mapped for the purpose
+    /// and unmapped after.
+    public func finishCommit(_ run: CommittedRun) -> CommittedRun {
+        guard run.finishPending else { return run }
+        var view: UInt = run.writeView, temporary = false
+        if view == 0, let o = object(of: run), let v = try? mapWriteView(o, offset: run.fileOffset, length: run.length) {
+            view = v
+            temporary = true
+        }
+        defer { if temporary { try? Sys.munmap(address: view, length: run.length) } }
+        let tail = run.length - run.preparedLength
+        var note: String? = nil
+        if view != 0 {
+            var failure: SystemCallError? = nil
+            do throws(SystemCallError) { try Self.collapse(view, run.length) } catch { failure = error }
+            if tail > 0 {
+                UnsafeMutableRawPointer(bitPattern: view + UInt(run.preparedLength))!
+                    .initializeMemory(as: UInt8.self, repeating: run.type.fillByte, count: tail)
+            }
+            if failure != nil {
+                // A kernel that will not collapse a range with holes: fault every page in, try again.
+                try? Sys.madvise(address: view, length: run.length, advice: SysConst.madvPopulateWrite, name: "MADV_POPULATE_WRITE")
+                do throws(SystemCallError) { try Self.collapse(view, run.length); failure = nil } catch { failure = error }
+            }
+            if let failure { note = "\(failure); this run stays on 4 KiB pages" }
+        }
+        var prepared = run.preparedLength
+        if view != 0 {
+            prepared = run.length
+        } else if tail > 0 {
+            note = "no write view to fill the run with: its last \(tail) bytes stay unused"
+        }
+        var hugeMapped = false
+        if note == nil {
+            do throws(SystemCallError) {
+                // The pages are one 2 MiB folio now; this maps the run view by one 2 MiB entry.
+                if view != run.address { try Self.collapse(run.address, run.length) }
+                hugeMapped = true
+            } catch {
+                note = "\(error); this run stays on 4 KiB pages"
+            }
+        }
+        return run.finished(preparedLength: prepared, hugeMapped: hugeMapped, note: note)
+    }
+
+    /// MADV_COLLAPSE, tried again a few times when the kernel says EAGAIN (a page briefly busy).
+    private static func collapse(_ address: UInt, _ length: Int) throws(SystemCallError) {
+        var attempt = 0
+        while true {
+            do throws(SystemCallError) {
+                return try Sys.madvise(address: address, length: length, advice: SysConst.madvCollapse, name: "MADV_COLLAPSE")
+            } catch {
+                attempt += 1
+                if error.errno != .resourceTemporarilyUnavailable || attempt == 3 { throw error }
+            }
+        }
     }
 
     /// Maps a writable view of `[offset, + length)` of `o` at a 2 MiB-aligned address, so that once

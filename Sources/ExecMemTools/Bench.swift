@@ -147,6 +147,7 @@ public enum Bench {
                 try mem.write(body, to: a)
                 addresses.append(a.address)
             }
+            mem.settle()  // time the blocks as they end up, collapsed
             return (try time(addresses), mem.statistics()[.text].hugePageCoverage)
         }
         var pages: [MmapPerAllocation.Code] = []

@@ -154,6 +154,7 @@ extension Bench {
         // Resident memory of the code alone: measured around compiling (packed) and copying (paged).
         let before = try ResidentMemory.read()
         for p in programs { try p.compile() }
+        mem.settle()  // the last block's int3 fill and collapse, off the compile path, count too
         let packedMemory = try ResidentMemory.read()
         // The same JIT output, one mmap'd page (or more) per program, r-x.
         var pages: [MmapPerAllocation.Code] = []

@@ -106,15 +106,20 @@ extension Bench {
                                notes: "min of \(runs) runs, wall time; a 64 MiB range"))
         let me = CommandLine.arguments[0].hasPrefix("/") ? CommandLine.arguments[0] : FileManager.default.currentDirectoryPath + "/" + CommandLine.arguments[0]
         guard FileManager.default.isExecutableFile(atPath: me), me.hasSuffix("/execmem") else { return out }
-        var ours = Double.infinity, c = Double.infinity, swift = Double.infinity
+        var ours = Double.infinity, parsed = Double.infinity, c = Double.infinity, swift = Double.infinity
         let emptySwift = Self.emptySwiftProgram()
         for _ in 0..<max(runs, 11) {
             ours = min(ours, try LoaderPeers.startAndExitMilliseconds([me, "--version"]))
+            parsed = min(parsed, try LoaderPeers.startAndExitMilliseconds([me, "doctor", "--help"]))
             c = min(c, try LoaderPeers.startAndExitMilliseconds(["/bin/true"]))
             if let emptySwift { swift = min(swift, try LoaderPeers.startAndExitMilliseconds([emptySwift])) }
         }
         out.append(BenchResult(benchmark: "loader", figure: "execmem --version: process start and exit", unit: "ms", value: ours,
                                baseline: "/bin/true (C, glibc)", baselineValue: c, ratio: c / ours, notes: "min of \(max(runs, 11)) runs, wall time"))
+        // --version is answered before ArgumentParser runs; a command's start includes the parser.
+        out.append(BenchResult(benchmark: "loader", figure: "execmem doctor --help: start, ArgumentParser, exit", unit: "ms", value: parsed,
+                               baseline: "/bin/true (C, glibc)", baselineValue: c, ratio: c / parsed,
+                               notes: "min of \(max(runs, 11)) runs, wall time; what a command's argument parsing adds to the start"))
         if emptySwift != nil {
             out.append(BenchResult(benchmark: "loader", figure: "execmem --version: process start and exit", unit: "ms", value: ours,
                                    baseline: "an empty Swift program (static stdlib)", baselineValue: swift, ratio: swift / ours,

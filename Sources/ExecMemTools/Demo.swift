@@ -128,6 +128,8 @@ public enum Demo {
         let bpf = try BPFDemoReport.run(programs: bpfPrograms, allocator: mem)
         let module = try LoaderDemoReport.run(allocator: mem)
 
+        // P6 is about the program as it runs, once fresh blocks' background preparation is done.
+        mem.settle()
         let stats = mem.statistics()
         let rwx = (try? ProcMaps.writableExecutable().count) ?? -1
         var maxDistance: UInt = 0

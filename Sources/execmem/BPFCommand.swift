@@ -46,7 +46,7 @@ func loadProgram(_ path: String, function: String?, vm: BPFVM) throws -> (BPFPro
 
 extension BPFCommand {
     struct Run: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run a program (.o, .data, .s or raw bytecode) and print r0 in hex.")
+        static let configuration = CommandConfiguration(commandName: "run", abstract: "Run a program (.o, .data, .s or raw bytecode) and print r0 in hex.")
         @Argument(help: "The program.") var file: String
         @Option(help: "A file of raw bytes given to the program as r1 (address) and r2 (length).") var mem: String?
         @Option(help: "The function to run, for ELF objects.") var function: String?
@@ -90,7 +90,7 @@ extension BPFCommand {
     }
 
     struct Verify: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Verify a program and print what the verifier proved (or why it refuses it).")
+        static let configuration = CommandConfiguration(commandName: "verify", abstract: "Verify a program and print what the verifier proved (or why it refuses it).")
         @Argument(help: "The program (.o, .data, .s or raw bytecode).") var file: String
         @Option(help: "The function, for ELF objects.") var function: String?
         @Flag(help: "Print each instruction with the registers readable there and how its access is checked.") var listing = false
@@ -134,7 +134,7 @@ extension BPFCommand {
     }
 
     struct Asm: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Assemble conformance-dialect assembly into raw bytecode.")
+        static let configuration = CommandConfiguration(commandName: "asm", abstract: "Assemble conformance-dialect assembly into raw bytecode.")
         @Argument(help: "Assembly source, or - for standard input.") var file: String
         @Option(name: .shortAndLong, help: "Output file (default: standard output).") var output: String?
         @Flag(help: "Print one 64-bit hex word per instruction (the .data files' raw form) instead of bytes.") var words = false
@@ -156,7 +156,7 @@ extension BPFCommand {
     }
 
     struct Disasm: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Disassemble raw bytecode, an ELF object's function or a .data file.")
+        static let configuration = CommandConfiguration(commandName: "disasm", abstract: "Disassemble raw bytecode, an ELF object's function or a .data file.")
         @Argument(help: "The program.") var file: String
         @Option(help: "The function, for ELF objects.") var function: String?
 
@@ -179,7 +179,7 @@ extension BPFCommand {
     }
 
     struct Conformance: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run a directory of conformance .data files; one line per failure, then N passed, M failed.")
+        static let configuration = CommandConfiguration(commandName: "conformance", abstract: "Run a directory of conformance .data files; one line per failure, then N passed, M failed.")
         @Argument(help: "Directory of .data files (e.g. ../shared/bpf-conformance/tests).") var directory: String
         @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
 
@@ -199,6 +199,7 @@ extension BPFCommand {
 
     struct Plugin: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "plugin",
             abstract: "The conformance plugin protocol: program as hex on standard input, r0 in hex on standard output.")
         @Argument(help: "The context memory as hex bytes.") var memory: String = ""
         @Option(help: "jit or interpreter.") var engine: BPFEngine = .jit
@@ -231,7 +232,7 @@ extension BPFCommand {
     }
 
     struct Fuzz: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Differential fuzzing: generated programs on the JIT and the interpreter must agree.")
+        static let configuration = CommandConfiguration(commandName: "fuzz", abstract: "Differential fuzzing: generated programs on the JIT and the interpreter must agree.")
         @Option(help: "Programs to run.") var count = 100_000
         @Option(help: "First seed.") var seed: UInt64 = 1
         @Option(help: "Random instructions per program.") var length = 40

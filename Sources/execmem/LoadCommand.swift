@@ -43,6 +43,7 @@ struct LoadCommand: ParsableCommand {
         if stats {
             var text = ""
             for a in loader.allocators {
+                a.settle()
                 let s = a.statistics()
                 text += "allocator at 0x\(String(a.primaryBase, radix: 16)) (\(s.backend), \(s.layout))\n"
                 for t in s.types where t.blocks > 0 {

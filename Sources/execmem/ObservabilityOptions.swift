@@ -39,7 +39,7 @@ struct SelfTestCommand: ParsableCommand {
         subcommands: [Spin.self, Crash.self, LoadLoop.self])
 
     struct Spin: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Spin in execmem_selftest_spin for a while.")
+        static let configuration = CommandConfiguration(commandName: "spin", abstract: "Spin in execmem_selftest_spin for a while.")
         @Option(help: "How long to spin.") var milliseconds = 500
         @OptionGroup var observe: ObservabilityOptions
 
@@ -52,7 +52,7 @@ struct SelfTestCommand: ParsableCommand {
     }
 
     struct Crash: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Call execmem_selftest_caller, which calls execmem_selftest_crash, which faults.")
+        static let configuration = CommandConfiguration(commandName: "crash", abstract: "Call execmem_selftest_caller, which calls execmem_selftest_crash, which faults.")
         @Argument(help: "segv, ill or trap.") var how: SelfTestCode.Crash
         @OptionGroup var observe: ObservabilityOptions
 

@@ -20,6 +20,7 @@ import Testing
             try p.compile()
             programs.append((p, slots, i))
         }
+        mem.settle()  // the last block's collapse runs in the background
         let stats = mem.statistics()
         let codeBytes = programs.reduce(0) { $0 + $1.0.jitAllocation!.size }
         #expect(stats[.bpf].allocations == 10_000)

@@ -80,6 +80,42 @@ import Testing
         #expect(smaps[1].hugeMappedBytes == 1 << 20 && smaps[1].mapping.perms == "r-xp")
     }
 
+    /// The maps line parser as it was written first, field by field over Substrings: the reference
+    /// the byte parser must agree with.
+    func referenceEntry(_ line: Substring) -> MapsEntry? {
+        let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+        guard fields.count >= 5 else { return nil }
+        let range = fields[0].split(separator: "-")
+        guard range.count == 2, let s = UInt(range[0], radix: 16), let e = UInt(range[1], radix: 16),
+              let off = UInt(fields[2], radix: 16), let ino = UInt(fields[4]) else { return nil }
+        let path = fields.count > 5 ? String(fields[5].drop(while: { $0 == " " })) : ""
+        return MapsEntry(start: s, end: e, perms: String(fields[1]), offset: off, inode: ino, path: path)
+    }
+
+    @Test func mapsParserAgreesWithTheFieldSplitOnRealAndOddLines() throws {
+        let odd = """
+        7f00c0200000-7f00c0400000 r-xs 00200000 00:01 1025                       /dev/zero (deleted)
+          7f00c0400000-7f00c0600000   rw-p 00000000 00:00 0
+        7FFFC0000000-7FFFC0021000 rw-p 0000ABCD 00:00 0    [stack]  two  spaces
+        7f00c0000000-7f00c0200000 rwxp 00000000 00:00 0 x
+        7f00c0000000 rwxp 00000000 00:00 0
+        7f00c0000000-7f00c0200000 rwxp 00000000 00:00
+        7f00c0000000-7g00c0200000 rwxp 00000000 00:00 0
+        7f00c0000000-7f00c0200000 rwxp 0000000z 00:00 0
+        7f00c0000000-7f00c0200000 rwxp 00000000 00:00 12a /x
+        10000000000000000-7f00c0200000 rwxp 00000000 00:00 0
+        7f00c0000000-7f00c0200000 rwxp 00000000 00:00 99999999999999999999 /x
+
+        not a maps line
+        """
+        let text = try Sys.readText("/proc/self/maps") + odd
+        let reference = text.split(separator: "\n").compactMap { referenceEntry($0) }
+        let parsed = ProcMaps.parse(text)
+        #expect(parsed == reference)
+        #expect(parsed.count >= 6, "the real lines and the four well-formed odd ones")
+        #expect(parsed.contains { $0.path == "[stack]  two  spaces" && $0.offset == 0xABCD && $0.start == 0x7FFF_C000_0000 })
+    }
+
     @Test func readsTheRealProcFiles() throws {
         let maps = try ProcMaps.read()
         #expect(!ProcMaps.executableImage(in: maps).isEmpty)
