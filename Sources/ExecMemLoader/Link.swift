@@ -28,6 +28,9 @@ struct Link {
     var globals: [(object: Int, symbol: Int)]
     /// Whether some object references each id undefined.
     var referenced: [Bool]
+    /// For each id, the first object that references it undefined and not weak (-1 for none): an
+    /// unresolved symbol is an error only when some reference is strong.
+    var strongUse: [Int]
     var layout: Layout
     var got: [GotKey: Int] = [:]
     var gotOrder: [GotKey] = []
@@ -55,13 +58,18 @@ struct Link {
         try Link.excludeDuplicateGroups(&objects)
         var globals = [(object: Int, symbol: Int)](repeating: (-1, -1), count: names.count)
         var referenced = [Bool](repeating: false, count: names.count)
+        var strongUse = [Int](repeating: -1, count: names.count)
         var commons: [Int32: (Int, Int)] = [:]
         var strong = [Bool](repeating: false, count: names.count)
         for (o, obj) in objects.enumerated() {
             let symbols = obj.elf.symbols
             for (i, g) in obj.globalID.enumerated() where g >= 0 {
                 let s = symbols[i], id = Int(g)
-                if s.isUndefined { referenced[id] = true; continue }
+                if s.isUndefined {
+                    referenced[id] = true
+                    if !s.isWeak && strongUse[id] < 0 { strongUse[id] = o }
+                    continue
+                }
                 guard s.isGlobal else { continue }
                 if s.sectionIndex < ELF.SHN_LORESERVE && !obj.excluded.isEmpty && obj.excluded.contains(Int(s.sectionIndex)) { continue }
                 if s.isCommon {
@@ -86,6 +94,7 @@ struct Link {
         self.names = names
         self.globals = globals
         self.referenced = referenced
+        self.strongUse = strongUse
         external = [UInt?](repeating: nil, count: names.count)
         fromModule = [Bool](repeating: false, count: names.count)
     }
@@ -165,9 +174,10 @@ struct Link {
             default: break
             }
             if let p = cem_dlsym(name) { external[Int(g)] = UInt(bitPattern: p); continue }
-            // Weak when every reference is weak.
-            let strongUse = objects.firstIndex { o in o.globalID.indices.contains { o.globalID[$0] == g && o.elf.symbols[$0].isUndefined && !o.elf.symbols[$0].isWeak } }
-            guard let o = strongUse else { external[Int(g)] = 0; continue }
+            // Weak when every reference is weak (known from Link.init: a scan of every object's
+            // symbols here, once per unresolved symbol, took time quadratic in the symbols).
+            let o = strongUse[Int(g)]
+            guard o >= 0 else { external[Int(g)] = 0; continue }
             throw .undefinedSymbol(name: name, object: objects[o].name)
         }
     }
