@@ -7,11 +7,12 @@
 import ExecMemELF
 
 /// The global names of one load and their ids (0, 1, 2 ... in order of first mention), in an open
-/// addressing table hashed with FNV-1a over the names' UTF-8 bytes: a load looks up every global of
-/// every file, and this is cheaper than `Dictionary`'s seeded SipHash. FNV-1a is not keyed, so a file
-/// can choose names that crowd one run of slots; a name that would need more than `maxProbes` probes
-/// goes to a seeded `Dictionary` instead, so every look-up costs at most `maxProbes` probes and one
-/// dictionary look-up, however the names were chosen.
+/// addressing table hashed over the names' UTF-8 bytes with the standard library's `Hasher`
+/// (SipHash, seeded per process; no Unicode normalization, which `Dictionary<String, _>` pays). The
+/// hash must be one the files cannot aim at: a load's names come from its files, and with linear
+/// probing names of one slot cost probes quadratic in their number (an unseeded FNV-1a let a 21 MB
+/// object of 131,072 globals chosen to agree in their hashes' low 47 bits take 49 s to link). As a
+/// second bound, a name that would need more than `maxProbes` probes goes to a `Dictionary`.
 struct GlobalNames {
     /// Slot -> id + 1 (0: empty).
     private var slots = [Int32](repeating: 0, count: 1024)
@@ -32,9 +33,9 @@ struct GlobalNames {
     static func hash(_ name: String) -> UInt64 {
         var name = name
         return name.withUTF8 { bytes in
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            return h ^ (h >> 29)
+            var h = Hasher()
+            h.combine(bytes: UnsafeRawBufferPointer(bytes))
+            return UInt64(UInt(bitPattern: h.finalize()))
         }
     }
 

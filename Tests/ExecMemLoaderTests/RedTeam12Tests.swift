@@ -97,4 +97,54 @@ private func seconds(_ body: () throws -> Void) rethrows -> Double {
         #expect(link.external.compactMap { $0 } == [0])
     }
 
+    /// Block pairs of an FNV-1a multicollision (found by the red team's birthday search, a few
+    /// minutes on one core): after "cn_", either block of each pair gives the same state modulo
+    /// 2^47, and so does any choice of one block from each pair, 2^17 names in all.
+    static let fnvBlocks: [(String, String)] = [
+        ("YU3B7uS5", "vkWRvDT1"),
+        ("rQuL0fTE", "I0ald8cJ"),
+        ("y5HdPOSg", "qE2EDtkk"),
+        ("TbzzS4OQ", "Mv490Gfr"),
+        ("pANsa2my", "eQkwAEUN"),
+        ("WUBvtvZM", "6OHKe9i2"),
+        ("Ti47Hks9", "JHIvb1ej"),
+        ("eCFCZr3v", "9uHc6SSK"),
+        ("6nL7N_Bn", "QRgVOVVM"),
+        ("6XakY2da", "mIWXzsTL"),
+        ("kzql7uCY", "IGwERVKA"),
+        ("jr6IRi7O", "wvT_yzJm"),
+        ("ExWvzTEd", "DRG9AZeI"),
+        ("ZxXx6pJC", "b9JUFAln"),
+        ("t0gRia1P", "fFN5SGJM"),
+        ("GBPxmIXA", "dpNwMUvy"),
+        ("aADmllTg", "vctm08px")
+    ]
+
+    /// Name number `n` of the multicollision: block `n >> i & 1` of each pair `i`.
+    static func collidingName(_ n: Int) -> String { "cn_" + fnvBlocks.indices.map { n >> $0 & 1 == 0 ? fnvBlocks[$0].0 : fnvBlocks[$0].1 }.joined() }
+
+    /// 32,768 global names chosen so that an unseeded FNV-1a puts them all in one slot of every
+    /// table of up to 2^18 slots cost probes quadratic in their number (a 21 MB object of 131,072
+    /// of them took 49 s to link, 1 s with other names of the same length); with a seeded hash they
+    /// cost what other names do.
+    @Test func globalNamesChosenToCollideCostWhatOthersDo() throws {
+        let count = 1 << 15
+        let colliding = (0..<count).map(Self.collidingName)
+        // They are what they claim (FNV-1a, 64-bit, agrees in the low 47 bits for all of them).
+        func fnv(_ s: String) -> UInt64 { s.utf8.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 } }
+        #expect(Set(colliding).count == count)
+        #expect(Set(colliding.map { fnv($0) & (1 << 47 - 1) }).count == 1)
+        var rng = SystemRandomNumberGenerator()
+        let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        let other = (0..<count).map { _ in "cn_" + String((0..<(8 * Self.fnvBlocks.count)).map { _ in letters.randomElement(using: &rng)! }) }
+        func insert(_ names: [String]) -> Double {
+            var table = GlobalNames()
+            let t = seconds { for n in names { _ = table.id(n) } }
+            #expect(table.count == names.count && names.indices.allSatisfy { table.lookup(names[$0]) == Int32($0) })
+            return t
+        }
+        _ = insert(other)  // warm up
+        let tOther = insert(other), tColliding = insert(colliding)
+        #expect(tColliding < 10 * tOther + 0.25, "colliding names took \(tColliding) s, others \(tOther) s")
+    }
 }

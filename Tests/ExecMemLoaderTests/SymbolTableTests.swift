@@ -19,8 +19,9 @@ import Testing
         #expect(t.id("") == Int32(names.count))
     }
 
-    /// FNV-1a is not keyed: a file can choose names that all want one slot. They must all be found,
-    /// and the ones past `maxProbes` go to the overflow dictionary (no run of probes longer).
+    /// Names that all want one slot (picked here with the process's own hash; a file cannot aim at a
+    /// seeded one, but the bound holds either way): all are found, and those past `maxProbes` go to
+    /// the overflow dictionary (no run of probes is longer).
     @Test func namesChosenToCrowdOneSlotAreAllFound() {
         // 1,200 names whose hashes share their low 12 bits: one slot of every table up to 4,096.
         var crowd: [String] = []
