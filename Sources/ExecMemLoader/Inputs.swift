@@ -21,9 +21,14 @@ public struct LoaderInput: Sendable {
     public let bytes: [UInt8]
     public init(name: String, bytes: [UInt8]) { self.name = name; self.bytes = bytes }
 
-    /// Reads a file (straight into the input's bytes: one copy from the page cache).
-    public static func file(_ path: String) throws(LoaderError) -> LoaderInput {
-        do { return LoaderInput(name: path, bytes: try Sys.readFile(path)) } catch { throw .io(path: path, reason: "cannot read the file: \(error)") }
+    /// The most bytes `file` reads: 4 GiB. A larger file (a sparse one, `/dev/zero`) is a
+    /// `LoaderError.io`, not an allocation that traps or reads that never end.
+    public static let maxFileBytes = 1 << 32
+
+    /// Reads a file (straight into the input's bytes: one copy from the page cache) of at most
+    /// `limit` bytes.
+    public static func file(_ path: String, limit: Int = LoaderInput.maxFileBytes) throws(LoaderError) -> LoaderInput {
+        do { return LoaderInput(name: path, bytes: try Sys.readFile(path, limit: limit)) } catch { throw .io(path: path, reason: "cannot read the file: \(error)") }
     }
 }
 

@@ -120,12 +120,18 @@ public enum Sys {
 
     /// Reads a whole file with open(2)/read(2): straight into an array of the size fstat(2) reports
     /// (one copy, from the page cache), then on in chunks for files that report less (`/proc` and
-    /// `/sys` files say 0) or grew.
-    public static func readFile(_ path: String) throws(SystemCallError) -> [UInt8] {
+    /// `/sys` files say 0) or grew. A file of more than `limit` bytes (a sparse file of a terabyte,
+    /// `/dev/zero`) is an error (EFBIG) before more than `limit` bytes are read or allocated: the
+    /// array's allocation would otherwise trap, or the reads go on until memory runs out.
+    public static func readFile(_ path: String, limit: Int = .max) throws(SystemCallError) -> [UInt8] {
         let fd = try retryingEINTR("open", path) { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
         defer { Sys.close(fd: fd) }
+        func tooLarge(_ what: String) -> SystemCallError {
+            SystemCallError(call: "read", errno: .fileTooLarge, detail: "\(path): \(what), more than the \(limit) bytes read at most")
+        }
         var st = stat()
         let size = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG ? Int(st.st_size) : 0
+        guard size <= limit else { throw tooLarge("\(size) bytes") }
         var failure: SystemCallError? = nil
         var out = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
             while count < size {
@@ -140,8 +146,10 @@ public enum Sys {
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
         defer { chunk.deallocate() }
         while true {
-            let n = try retryingEINTR("read", path) { Glibc.read(fd, chunk.baseAddress, chunk.count) }
+            let room = limit - out.count  // one byte more than room tells a file of exactly `limit` from a longer one
+            let n = try retryingEINTR("read", path) { Glibc.read(fd, chunk.baseAddress, room < chunk.count ? room + 1 : chunk.count) }
             if n == 0 { break }
+            guard n <= limit - out.count else { throw tooLarge("at least \(out.count + n) bytes") }
             out.append(contentsOf: chunk[0..<n])
         }
         return out

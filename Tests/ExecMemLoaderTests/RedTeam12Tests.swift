@@ -147,4 +147,53 @@ private func seconds(_ body: () throws -> Void) rethrows -> Double {
         let tOther = insert(other), tColliding = insert(colliding)
         #expect(tColliding < 10 * tOther + 0.25, "colliding names took \(tColliding) s, others \(tOther) s")
     }
+
+    /// Files `execmem load` may be given that are not objects of a sensible size. A sparse file of
+    /// a terabyte made Sys.readFile allocate a terabyte (a trap: "failed to allocate"), and
+    /// /dev/zero was read until memory ran out; the commit before it (FileManager) returned nil, a
+    /// typed error. Now both are a LoaderError.io naming EFBIG, and a file of exactly the limit
+    /// is read whole. In a child process: before the fix, the trap would end the test run.
+    @Test func filesTooLargeToReadAreTypedErrors() async throws {
+        await #expect(processExitsWith: .success) {
+            let dir = try scratch()
+            let sparse = "\(dir)/sparse.o"
+            #expect(FileManager.default.createFile(atPath: sparse, contents: nil))
+            #expect(truncate(sparse, 1 << 40) == 0)
+            #expect {
+                _ = try ModuleLoader(allocator: try testAllocator()).load(files: [sparse])
+            } throws: { e in
+                guard let e = e as? LoaderError, case let .io(path, reason) = e else { return false }
+                return path == sparse && reason.contains("File too large") && reason.contains("\(1 << 40) bytes")
+            }
+            #expect {
+                _ = try LoaderInput.file("/dev/zero", limit: 1 << 20)
+            } throws: { e in
+                guard let e = e as? LoaderError, case let .io(_, reason) = e else { return false }
+                return reason.contains("File too large")
+            }
+            let exact = "\(dir)/exact.o"
+            #expect(FileManager.default.createFile(atPath: exact, contents: Data(repeating: 7, count: 100_000)))
+            #expect(try LoaderInput.file(exact, limit: 100_000).bytes == [UInt8](repeating: 7, count: 100_000))
+            #expect(throws: LoaderError.self) { try LoaderInput.file(exact, limit: 99_999) }
+            // Through the chunked reads too (a pipe reports no size): exactly the limit, then one more.
+            signal(SIGPIPE, SIG_IGN)
+            for (count, limit) in [(70_000, 70_000), (70_000, 69_999)] {
+                var fds: [Int32] = [0, 0]
+                #expect(pipe(&fds) == 0)
+                let (readEnd, writeEnd) = (fds[0], fds[1])
+                let writer = Thread {
+                    let bytes = [UInt8](repeating: 9, count: count)
+                    var at = 0
+                    while at < count { let n = bytes.withUnsafeBytes { write(writeEnd, $0.baseAddress! + at, count - at) }; if n <= 0 { break }; at += n }
+                    close(writeEnd)
+                }
+                writer.start()
+                let result = Result(catching: { () throws(SystemCallError) in try Sys.readFile("/proc/self/fd/\(readEnd)", limit: limit) })
+                close(readEnd)
+                if count <= limit { #expect((try? result.get()) == [UInt8](repeating: 9, count: count)) } else {
+                    #expect(throws: SystemCallError.self) { try result.get() }
+                }
+            }
+        }
+    }
 }
