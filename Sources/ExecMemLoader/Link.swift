@@ -87,9 +87,10 @@ struct Link {
                 if !s.isWeak { strong[id] = true }
             }
         }
-        let unplacedCommons = commons.filter { globals[Int($0.key)].object < 0 }.sorted { $0.key < $1.key }
-        layout = try Layout(objects, commons: unplacedCommons.map { (object: $0.value.0, symbol: $0.value.1) }, limit: maxModuleBytes)
-        for (id, c) in unplacedCommons { globals[Int(id)] = c }
+        // As ld: a strong definition wins over COMMON symbols, and a COMMON symbol over weak definitions.
+        let placedCommons = commons.filter { !strong[Int($0.key)] }.sorted { $0.key < $1.key }
+        layout = try Layout(objects, commons: placedCommons.map { (object: $0.value.0, symbol: $0.value.1) }, limit: maxModuleBytes)
+        for (id, c) in placedCommons { globals[Int(id)] = c }
         self.objects = objects
         self.names = names
         self.globals = globals

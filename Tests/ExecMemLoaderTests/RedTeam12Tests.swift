@@ -197,3 +197,37 @@ private func seconds(_ body: () throws -> Void) rethrows -> Double {
         }
     }
 }
+
+private let gcc = "/usr/bin/gcc"
+
+/// Programs of several objects linked natively by gcc (GNU ld) and loaded; the two must agree.
+@Suite(.enabled(if: FileManager.default.isExecutableFile(atPath: gcc) && FileManager.default.isExecutableFile(atPath: execmemBinary), "needs gcc and the execmem binary"))
+struct RedTeam12LinkTests {
+    /// Compiles `sources` (name, text) with `flags`, links them natively in the order given and in
+    /// the reverse order, loads them in both orders, and expects every exit status to be `status`.
+    func expectLikeNative(_ sources: [(String, String)], flags: [String] = ["-O1"], status: Int32, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let dir = try scratch()
+        var objects: [String] = []
+        for (name, text) in sources {
+            try text.write(toFile: "\(dir)/\(name).c", atomically: true, encoding: .utf8)
+            try run(gcc, flags + ["-c", "\(dir)/\(name).c", "-o", "\(dir)/\(name).o"])
+            objects.append("\(dir)/\(name).o")
+        }
+        for order in [objects, objects.reversed()] {
+            try run(gcc, order + ["-o", "\(dir)/native"])
+            let native = try run("\(dir)/native", [], check: false)
+            let loaded = try run(execmemBinary, ["load"] + order, check: false)
+            #expect(native.status == status, "native", sourceLocation: sourceLocation)
+            #expect(loaded.status == native.status, "loaded \(order.map { URL(fileURLWithPath: $0).lastPathComponent }): \(loaded.errors)", sourceLocation: sourceLocation)
+        }
+    }
+
+    /// A COMMON symbol wins over a weak definition, as ld has it: `x` is the COMMON one (0), and the
+    /// weak definition's 5 is not what either object reads. The loader took the weak definition.
+    @Test func aCommonSymbolWinsOverAWeakDefinition() throws {
+        try expectLikeNative([
+            ("weak", "int x __attribute__((weak)) = 5;\nint getx(void) { return x; }\n"),
+            ("common", "int x;\nint getx(void);\nint main(void) { return getx() * 10 + x; }\n"),
+        ], flags: ["-O1", "-fcommon"], status: 0)
+    }
+}
