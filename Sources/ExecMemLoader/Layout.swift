@@ -102,7 +102,9 @@ struct Layout {
 
     static func describe(_ bytes: Int) -> String { bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : "\(bytes) bytes" }
 
-    init(_ objects: [InputObject], commons: [(object: Int, symbol: Int)], limit: Int = Layout.maxImageBytes) throws(LoaderError) {
+    /// `commons`: the COMMON symbols to place, each with its alignment (the largest of the symbol's
+    /// COMMON declarations, as ld takes it).
+    init(_ objects: [InputObject], commons: [(object: Int, symbol: Int, alignment: Int)], limit: Int = Layout.maxImageBytes) throws(LoaderError) {
         self.limit = limit
         let counts = objects.map(\.elf.sections.count)
         place = SectionMap(sectionCounts: counts)
@@ -139,10 +141,9 @@ struct Layout {
                 alignment[b.rawValue] = max(alignment[b.rawValue], a)
             }
         }
-        // COMMON symbols: st_value is the alignment.
+        // COMMON symbols: st_value is the alignment (checked by Link.init, the largest of them).
         for c in commons {
-            let obj = objects[c.object], sym = obj.elf.symbols[c.symbol]
-            let a = try Self.alignment(sym.value, "COMMON symbol \(sym.name)", object: obj.name)
+            let obj = objects[c.object], sym = obj.elf.symbols[c.symbol], a = c.alignment
             guard let bytes = Int(exactly: sym.size) else {
                 throw .badInput(object: obj.name, reason: "COMMON symbol \(sym.name) has size \(sym.size), more than a module may take")
             }

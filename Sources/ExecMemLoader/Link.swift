@@ -59,7 +59,8 @@ struct Link {
         var globals = [(object: Int, symbol: Int)](repeating: (-1, -1), count: names.count)
         var referenced = [Bool](repeating: false, count: names.count)
         var strongUse = [Int](repeating: -1, count: names.count)
-        var commons: [Int32: (Int, Int)] = [:]
+        // Per id, the largest COMMON symbol (the first of equal ones) and the largest alignment of any.
+        var commons: [Int32: (object: Int, symbol: Int, alignment: Int)] = [:]
         var strong = [Bool](repeating: false, count: names.count)
         for (o, obj) in objects.enumerated() {
             let symbols = obj.elf.symbols
@@ -73,8 +74,13 @@ struct Link {
                 guard s.isGlobal else { continue }
                 if s.sectionIndex < ELF.SHN_LORESERVE && !obj.excluded.isEmpty && obj.excluded.contains(Int(s.sectionIndex)) { continue }
                 if s.isCommon {
-                    if let c = commons[g], objects[c.0].elf.symbols[c.1].size >= s.size { continue }
-                    commons[g] = (o, i)
+                    // As ld: the size of the largest, the alignment (st_value) of the most aligned.
+                    var a = try Layout.alignment(s.value, "COMMON symbol \(s.name)", object: obj.name)
+                    if let c = commons[g] {
+                        a = max(a, c.alignment)
+                        if objects[c.object].elf.symbols[c.symbol].size >= s.size { commons[g]!.alignment = a; continue }
+                    }
+                    commons[g] = (o, i, a)
                     continue
                 }
                 if globals[id].object >= 0 {
@@ -89,8 +95,8 @@ struct Link {
         }
         // As ld: a strong definition wins over COMMON symbols, and a COMMON symbol over weak definitions.
         let placedCommons = commons.filter { !strong[Int($0.key)] }.sorted { $0.key < $1.key }
-        layout = try Layout(objects, commons: placedCommons.map { (object: $0.value.0, symbol: $0.value.1) }, limit: maxModuleBytes)
-        for (id, c) in placedCommons { globals[Int(id)] = c }
+        layout = try Layout(objects, commons: placedCommons.map(\.value), limit: maxModuleBytes)
+        for (id, c) in placedCommons { globals[Int(id)] = (c.object, c.symbol) }
         self.objects = objects
         self.names = names
         self.globals = globals

@@ -230,4 +230,15 @@ struct RedTeam12LinkTests {
             ("common", "int x;\nint getx(void);\nint main(void) { return getx() * 10 + x; }\n"),
         ], flags: ["-O1", "-fcommon"], status: 0)
     }
+
+    /// COMMON declarations of one symbol: ld gives it the size of the largest and the alignment of
+    /// the most aligned. The loader took the largest's alignment (32 here), so `buf`, declared
+    /// aligned to 64 by one object, was at 32 mod 64 (exit 32; code relying on the alignment, an
+    /// aligned vector load, would fault).
+    @Test func aCommonSymbolHasItsLargestAlignment() throws {
+        try expectLikeNative([
+            ("aligned", "char buf[16] __attribute__((aligned(64)));\nchar pad;\n"),
+            ("large", "#include <stdint.h>\nchar buf[128];\nchar d[32] = {1};\nint main(void) { return (int)((uintptr_t)buf % 64) + d[0] - 1; }\n"),
+        ], flags: ["-O1", "-fcommon"], status: 0)
+    }
 }
