@@ -241,4 +241,14 @@ struct RedTeam12LinkTests {
             ("large", "#include <stdint.h>\nchar buf[128];\nchar d[32] = {1};\nint main(void) { return (int)((uintptr_t)buf % 64) + d[0] - 1; }\n"),
         ], flags: ["-O1", "-fcommon"], status: 0)
     }
+
+    /// The weak-function idiom `if (f) f();` in a PIE object (gcc's default): the call is a PLT32
+    /// against a symbol that is 0 when nothing defines it. ld links it (through the PLT); the
+    /// loader refused it ("R_X86_64_PLT32 against 'maybe' overflows"): a rel32 from the module to
+    /// address 0 does not fit. When an object defines it, the call reaches it.
+    @Test func aCallToAWeakUndefinedFunctionLinks() throws {
+        let main = "extern void maybe(void) __attribute__((weak));\nextern int calls __attribute__((weak));\nint main(void) { if (maybe) maybe(); return 3 + (&calls ? calls : 0); }\n"
+        try expectLikeNative([("main", main)], status: 3)
+        try expectLikeNative([("main", main), ("def", "int calls;\nvoid maybe(void) { calls = 4; }\n")], status: 7)
+    }
 }
