@@ -62,6 +62,9 @@ enum Inputs {
         // archive has symbols it has not looked at. Each archive looks at each symbol once: one
         // whose member was taken, or that it does not define, is never looked at by it again.
         var taken = [Set<Int>](repeating: [], count: archives.count)  // member indexes pulled
+        // Members read to see whether they really define a COMMON symbol, but not pulled (yet): each
+        // is read once, however many COMMON symbols its archive's index names it for.
+        var read: [MemberKey: (elf: ELFFile, data: Set<String>)] = [:]
         var pending = [[Int32]](repeating: [], count: archives.count)
         var symbols = SymbolSets()
         // Only to the archives whose index names it: pending work is bounded by the indexes' sizes.
@@ -77,23 +80,42 @@ enum Inputs {
             while next < pending[i].count {
                 let symbol = pending[i][next]
                 next += 1
-                guard symbols.isUnresolved(symbol), let m = archives[i].symbolIndex[globals.names[Int(symbol)]], taken[i].insert(m).inserted else { continue }
-                let member = archives[i].members[m]
-                // The member's name as errors show it, at most 256 bytes of it (a long name may be
-                // shared by many members; a copy each would not be).
-                let memberName = member.name.utf8.count > 256 ? String(member.name.prefix(256)) + "..." : member.name
-                let name = "\(archives[i].name)(\(memberName))"
-                do {
-                    let elf = try ELFFile(bytes: member.bytes, name: name, machine: ELF.EM_X86_64, names: &names)
-                    objects.append(InputObject(name: name, elf: elf, globalID: globals.ids(of: elf)))
-                } catch {
-                    throw .elf(error)
+                guard symbols.isUnresolved(symbol), let m = archives[i].symbolIndex[globals.names[Int(symbol)]], !taken[i].contains(m) else { continue }
+                let key = MemberKey(archive: i, member: m)
+                let elf: ELFFile
+                if let known = read[key] { elf = known.elf } else {
+                    let member = archives[i].members[m]
+                    // The member's name as errors show it, at most 256 bytes of it (a long name may be
+                    // shared by many members; a copy each would not be).
+                    let memberName = member.name.utf8.count > 256 ? String(member.name.prefix(256)) + "..." : member.name
+                    do { elf = try ELFFile(bytes: member.bytes, name: "\(archives[i].name)(\(memberName))", machine: ELF.EM_X86_64, names: &names) } catch { throw .elf(error) }
                 }
+                // A COMMON symbol pulls a member only for a real definition (as ld's
+                // elf_link_is_defined_archive_symbol: global data, not COMMON): archive indexes
+                // name COMMON declarations too, and another one changes nothing.
+                if symbols.isCommon(symbol) {
+                    let data = read[key]?.data ?? Set(elf.symbols.lazy.filter(Self.isDataDefinition).map(\.name))
+                    guard data.contains(globals.names[Int(symbol)]) else {
+                        read[key] = (elf, data)
+                        continue
+                    }
+                }
+                taken[i].insert(m)
+                read[key] = nil
+                objects.append(InputObject(name: elf.name, elf: elf, globalID: globals.ids(of: elf)))
                 add(objects[objects.count - 1])
             }
             pending[i] = []
         }
         return (objects, globals)
+    }
+
+    struct MemberKey: Hashable { let archive: Int; let member: Int }
+
+    /// Whether `s` is a definition that makes ld pull its archive member for a COMMON symbol
+    /// (`is_global_data_symbol_definition`): global (not weak), not a function, defined, not COMMON.
+    static func isDataDefinition(_ s: ELFSymbol) -> Bool {
+        (s.binding == ELF.STB_GLOBAL || s.binding == ELF.STB_GNU_UNIQUE) && s.type != ELF.STT_FUNC && !s.isUndefined && !s.isCommon && !s.name.isEmpty
     }
 
     /// Global symbols defined and referenced (undefined, not weak) by the objects, by id.
@@ -102,8 +124,11 @@ enum Inputs {
         /// Referenced (undefined, not weak), not defined by any object so far, and defined by a
         /// member of an archive (the others, host symbols say, are resolved later, not here).
         private var unresolved: [Bool] = []
+        /// Some object has the symbol as COMMON.
+        private var common: [Bool] = []
 
         func isUnresolved(_ id: Int32) -> Bool { Int(id) < unresolved.count && unresolved[Int(id)] }
+        func isCommon(_ id: Int32) -> Bool { Int(id) < common.count && common[Int(id)] }
 
         /// Adds an object's symbols; `becameUnresolved(id, name)` is called for each symbol that
         /// becomes unresolved, and says nothing when no archive defines it.
@@ -111,6 +136,7 @@ enum Inputs {
             if defined.count < names.count {
                 defined += [Bool](repeating: false, count: names.count - defined.count)
                 unresolved += [Bool](repeating: false, count: names.count - unresolved.count)
+                common += [Bool](repeating: false, count: names.count - common.count)
             }
             let symbols = o.elf.symbols
             for (s, id) in o.globalID.enumerated() where id >= 0 && symbols[s].isGlobal && !symbols[s].isUndefined && !symbols[s].isCommon {
@@ -119,6 +145,7 @@ enum Inputs {
             }
             // A COMMON symbol is a tentative definition: as ld does, a member that really defines
             // it is pulled (its definition then wins over the COMMON one).
+            for (s, id) in o.globalID.enumerated() where id >= 0 && symbols[s].isGlobal && symbols[s].isCommon { common[Int(id)] = true }
             for (s, id) in o.globalID.enumerated() where id >= 0 && symbols[s].isGlobal && (symbols[s].isUndefined && !symbols[s].isWeak || symbols[s].isCommon)
                 && !defined[Int(id)] && !unresolved[Int(id)] {
                 unresolved[Int(id)] = true

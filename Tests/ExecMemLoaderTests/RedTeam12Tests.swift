@@ -251,4 +251,21 @@ struct RedTeam12LinkTests {
         try expectLikeNative([("main", main)], status: 3)
         try expectLikeNative([("main", main), ("def", "int calls;\nvoid maybe(void) { calls = 4; }\n")], status: 7)
     }
+
+    /// A COMMON symbol pulls an archive member only for a real definition (ld reads the member's
+    /// symbols: global data, not COMMON); GNU ar indexes COMMON declarations too. Here the member
+    /// declares `x` COMMON and defines `seen`, which the program references weakly: ld leaves the
+    /// member out (exit 1); the loader pulled it (exit 6).
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/ar"), "needs ar")) func aCommonDeclarationInAnArchiveIsNotPulled() throws {
+        let dir = try scratch()
+        try "int x[100];\nint seen = 6;\n".write(toFile: "\(dir)/member.c", atomically: true, encoding: .utf8)
+        try "int x;\nextern int seen __attribute__((weak));\nint main(void) { return &seen ? seen : 1; }\n".write(toFile: "\(dir)/main.c", atomically: true, encoding: .utf8)
+        for n in ["member", "main"] { try run(gcc, ["-O1", "-fcommon", "-c", "\(dir)/\(n).c", "-o", "\(dir)/\(n).o"]) }
+        try run("/usr/bin/ar", ["rcs", "\(dir)/lib.a", "\(dir)/member.o"])
+        try run(gcc, ["\(dir)/main.o", "\(dir)/lib.a", "-o", "\(dir)/native"])
+        let native = try run("\(dir)/native", [], check: false)
+        let loaded = try run(execmemBinary, ["load", "\(dir)/main.o", "\(dir)/lib.a"], check: false)
+        #expect(native.status == 1)
+        #expect(loaded.status == native.status, "\(loaded.errors)")
+    }
 }
