@@ -57,16 +57,22 @@ public struct ELFReader: Sendable {
 
     /// The NUL-terminated string at `at`, which must end before `limit`.
     public func cString(_ at: Int, limit: Int) throws(ELFError) -> String {
+        try terminatedString(at, limit: limit).string
+    }
+
+    /// The NUL-terminated string at `at`, which must end before `limit`, and where its NUL is.
+    func terminatedString(_ at: Int, limit: Int) throws(ELFError) -> (string: String, nul: Int) {
         guard at >= 0, at < limit, limit <= bytes.count else {
             throw .truncated(file: file, what: "string", offset: at, size: limit)
         }
-        let name: String? = bytes.withUnsafeBytes { p in
+        let found: (String, Int)? = bytes.withUnsafeBytes { p in
             let start = p.baseAddress! + at
             guard let nul = memchr(start, 0, limit - at) else { return nil }
-            return String(decoding: UnsafeRawBufferPointer(start: start, count: start.distance(to: UnsafeRawPointer(nul))), as: UTF8.self)
+            let n = start.distance(to: UnsafeRawPointer(nul))
+            return (String(decoding: UnsafeRawBufferPointer(start: start, count: n), as: UTF8.self), at + n)
         }
-        guard let name else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
-        return name
+        guard let found else { throw .malformed(file: file, what: "string at \(at) is not terminated within its table") }
+        return found
     }
 }
 
@@ -91,7 +97,8 @@ public struct ELFNameBudget: Sendable {
 /// may overlap in a table, so decoding one String per reference could take memory quadratic in the
 /// file's size.
 struct NameTable {
-    private var names: [Int: String] = [:]
+    /// Names by their file offset, each with where its terminator is (for `name`; -1 for `intern`'s).
+    private var names: [Int: (name: String, end: Int)] = [:]
     /// Per string table (by where it starts), where the names decoded in order end: a name starting
     /// at or after it was not decoded before, so it needs no look-up (tables are read front to back;
     /// only names reached out of order, shared tails or repeated offsets, go through `names`).
@@ -109,20 +116,31 @@ struct NameTable {
         var f = frontiers.firstIndex { $0.table == table.lowerBound } ?? -1
         if f < 0 { f = frontiers.count; frontiers.append((table.lowerBound, table.lowerBound)) }
         if at >= frontiers[f].end {
-            let s = try r.cString(at, limit: table.upperBound)
+            let (s, nul) = try r.terminatedString(at, limit: table.upperBound)
             try charge(s, file: r.file)
-            frontiers[f].end = at + s.utf8.count + 1
+            frontiers[f].end = nul + 1
             return s
         }
-        return try intern(at, file: r.file) { () throws(ELFError) in try r.cString(at, limit: table.upperBound) }
+        if let known = names[at] {
+            // Decoded for a table that starts here too but ends later (section names and symbol
+            // names may share bytes): it must end inside this one as well.
+            guard known.end < table.upperBound else {
+                throw .malformed(file: r.file, what: "string at \(at) is not terminated within its table")
+            }
+            return known.name
+        }
+        let (s, nul) = try r.terminatedString(at, limit: table.upperBound)
+        try charge(s, file: r.file)
+        names[at] = (s, nul)
+        return s
     }
 
     /// The name known by `key` (a file offset), made by `make` the first time only.
     mutating func intern(_ key: Int, file: String, _ make: () throws(ELFError) -> String) throws(ELFError) -> String {
-        if let known = names[key] { return known }
+        if let known = names[key] { return known.name }
         let s = try make()
         try charge(s, file: file)
-        names[key] = s
+        names[key] = (s, -1)
         return s
     }
 
