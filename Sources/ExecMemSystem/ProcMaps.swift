@@ -78,6 +78,7 @@ public struct MapsEntry: Sendable, Equatable {
         path = i < n ? String(decoding: UnsafeBufferPointer(rebasing: p[i..<n]), as: UTF8.self) : ""
     }
 
+    /// An entry made from its fields (tests, and mappings known without reading the file).
     public init(start: UInt, end: UInt, perms: String, offset: UInt = 0, inode: UInt = 0, path: String = "") {
         self.start = start; self.end = end; self.perms = perms; self.offset = offset; self.inode = inode; self.path = path
     }

@@ -33,7 +33,7 @@ enum LoaderPeers {
     /// JITLink's own CPU time (user + system) to load and link `files` without running them: the
     /// total of its `-show-times` phase timers ("load/add object files", "link object files").
     static func jitlinkMilliseconds(_ tool: String, _ files: [String]) throws -> Double {
-        let (status, _, err) = try spawn(tool, ["-noexec", "-entry=bench_main", "-show-times"] + files)
+        let (status, _, err) = try CPrograms.spawn(tool, ["-noexec", "-entry=bench_main", "-show-times"] + files)
         let text = String(decoding: err, as: UTF8.self)
         guard status == 0 else { throw BenchError("\(tool) failed (\(status)): \(text.prefix(400))") }
         // "   0.0342 ( 98.9%)   0.0029 ( 88.4%)   0.0371 ( 98.0%)   0.0373 ( 98.0%)  Total"
@@ -43,20 +43,6 @@ enum LoaderPeers {
         let numbers = line.split(separator: " ").compactMap { Double($0) }
         guard numbers.count >= 3 else { throw BenchError("cannot read \(tool)'s timer line: \(line)") }
         return numbers[2] * 1000  // User+System
-    }
-
-    /// Runs `tool`, returning its exit status, standard output and standard error.
-    static func spawn(_ tool: String, _ arguments: [String]) throws -> (Int32, Data, Data) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, o, e)
     }
 
     /// Wall time from posix_spawn to the child's exit, in ms, standard streams to /dev/null.
@@ -135,7 +121,7 @@ extension Bench {
               let dir = try? CPrograms.scratch() else { return nil }
         let source = dir + "/empty.swift", binary = dir + "/empty"
         guard FileManager.default.createFile(atPath: source, contents: Data("_ = CommandLine.arguments.count\n".utf8)),
-              (try? LoaderPeers.spawn(swiftc, ["-O", "-static-stdlib", source, "-o", binary]))?.0 == 0 else { return nil }
+              (try? CPrograms.spawn(swiftc, ["-O", "-static-stdlib", source, "-o", binary]))?.0 == 0 else { return nil }
         return binary
     }
 }

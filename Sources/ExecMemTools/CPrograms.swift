@@ -28,7 +28,8 @@ public enum CPrograms {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
     }()
 
-    static func run(_ tool: String, _ arguments: [String], input: Data? = nil) throws -> Data {
+    /// Runs `tool`, returning its exit status, standard output and standard error.
+    static func spawn(_ tool: String, _ arguments: [String], input: Data? = nil) throws -> (status: Int32, output: Data, errors: Data) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: tool)
         p.arguments = arguments
@@ -47,8 +48,14 @@ public enum CPrograms {
         let data = out.fileHandleForReading.readDataToEndOfFile()
         let errors = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (\(p.terminationStatus)): \(String(decoding: errors, as: UTF8.self))")
+        return (p.terminationStatus, data, errors)
+    }
+
+    /// Runs `tool` and returns its standard output; a non-zero exit is a `Failure` with its errors.
+    static func run(_ tool: String, _ arguments: [String], input: Data? = nil) throws -> Data {
+        let (status, data, errors) = try spawn(tool, arguments, input: input)
+        guard status == 0 else {
+            throw Failure(description: "\(tool) \(arguments.joined(separator: " ")) failed (\(status)): \(String(decoding: errors, as: UTF8.self))")
         }
         return data
     }
